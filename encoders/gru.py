@@ -1,0 +1,117 @@
+"""A recurrent next-item model (GRU or LSTM) over a user's event sequence.
+
+Training runs ``forward`` over whole (B, T) sequences; the worker calls ``step`` once per event with the
+user's stored state and ``query`` to get the vector searched in the item index. Scores are inner products
+between the query vector and item embeddings, so the serving index uses inner-product space.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+# Event-type ids fed to the model; 0 pads sequences.
+TYPE_IDS = {"click": 1, "search": 2, "purchase": 3}
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    """Hyper-parameters of :class:`RecurrentModel`; saved as JSON inside the artifact."""
+
+    n_items: int  # items in the vocabulary; row 0 of the embedding is padding / unknown item
+    cell: str = "gru"  # "gru" or "lstm"
+    dim: int = 64  # item embedding and query vector size
+    hidden: int = 64  # recurrent state size (an LSTM stores h and c, so 2x this)
+    query_buckets: int = 16384  # hashed token vocabulary for search queries
+    max_query_tokens: int = 8  # tokens of a query that are used
+    dropout: float = 0.1  # on the step inputs, training only
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @property
+    def state_size(self) -> int:
+        """Floats per user in the stored recurrent state."""
+        return self.hidden * (2 if self.cell == "lstm" else 1)
+
+
+def query_tokens(text: str, buckets: int, max_tokens: int) -> list[int]:
+    """Hash a free-text query into at most ``max_tokens`` bucket ids in 1..buckets-1 (0 pads).
+
+    crc32 rather than hash() so ids are stable across processes (PYTHONHASHSEED).
+    """
+    words = _TOKEN.findall(text.lower())[:max_tokens]
+    tokens = [zlib.crc32(w.encode()) % (buckets - 1) + 1 for w in words]
+    return tokens + [0] * (max_tokens - len(tokens))
+
+
+class RecurrentModel(nn.Module):
+    """Embeds each event (item + type + query tokens), runs a GRU/LSTM, projects to a query vector."""
+
+    def __init__(self, config: RecurrentConfig) -> None:
+        super().__init__()
+        if config.cell not in ("gru", "lstm"):
+            raise ValueError(f"cell must be 'gru' or 'lstm', got {config.cell!r}")
+        self.config = config
+        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
+        self.type_emb = nn.Embedding(len(TYPE_IDS) + 1, config.dim, padding_idx=0)
+        self.query_emb = nn.EmbeddingBag(config.query_buckets, config.dim, mode="mean", padding_idx=0)
+        rnn_cls = nn.GRU if config.cell == "gru" else nn.LSTM
+        self.rnn = rnn_cls(config.dim, config.hidden, batch_first=True)
+        self.drop = nn.Dropout(config.dropout)
+        self.out = nn.Linear(config.hidden, config.dim)
+        nn.init.normal_(self.item_emb.weight, std=0.05)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def embed(self, items: Tensor, types: Tensor, tokens: Tensor) -> Tensor:
+        """Step inputs: items, types (B, T) and tokens (B, T, Q) -> (B, T, dim)."""
+        b, t, q = tokens.shape
+        text = self.query_emb(tokens.reshape(b * t, q)).reshape(b, t, -1)
+        x: Tensor = self.drop(self.item_emb(items) + self.type_emb(types) + text)
+        return x
+
+    def forward(self, items: Tensor, types: Tensor, tokens: Tensor,
+                targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Query vectors after each step (B, T, dim) and, given next-item targets (B, T; 0 = none), the loss."""
+        hidden, _ = self.rnn(self.embed(items, types, tokens))  # (B, T, H)
+        queries = self.out(hidden)  # (B, T, dim)
+        if targets is None:
+            return queries, None
+        logits = queries @ self.item_emb.weight.T  # (B, T, n_items + 1)
+        logits[..., 0] = float("-inf")  # never predict padding
+        loss = functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)
+        return queries, loss
+
+    def initial_state(self, batch: int = 1) -> Tensor:
+        """Zero state, (B, state_size)."""
+        return torch.zeros(batch, self.config.state_size)
+
+    def step(self, state: Tensor, items: Tensor, types: Tensor, tokens: Tensor) -> Tensor:
+        """Advance B users by one event: state (B, S), items/types (B,), tokens (B, Q) -> new state (B, S)."""
+        x = self.embed(items[:, None], types[:, None], tokens[:, None, :])  # (B, 1, dim)
+        if self.config.cell == "gru":
+            _, h = self.rnn(x, state[None])  # h: (1, B, H)
+            new: Tensor = h[0]
+            return new
+        h0, c0 = state.chunk(2, dim=-1)
+        _, (h, c) = self.rnn(x, (h0[None].contiguous(), c0[None].contiguous()))
+        return torch.cat([h[0], c[0]], dim=-1)
+
+    def query(self, state: Tensor) -> Tensor:
+        """Query vector for the item index from a state (B, S) -> (B, dim)."""
+        q: Tensor = self.out(state[:, : self.config.hidden])
+        return q
+
+    def item_vectors(self) -> Tensor:
+        """Item embeddings in index order, without the padding row: (n_items, dim)."""
+        weights: Tensor = self.item_emb.weight[1:]
+        return weights

@@ -1,0 +1,55 @@
+"""The serving face of a trained model: numpy in, numpy out, one event at a time.
+
+The worker never touches torch directly; this adapter owns the no-grad context, the id -> row map and
+the query tokeniser, so the data path stays model-agnostic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from encoders.artifact import ModelArtifact
+from encoders.gru import TYPE_IDS, query_tokens
+
+
+class UserEncoder:
+    """Steps a user's recurrent state and turns it into a query vector for the item index."""
+
+    def __init__(self, artifact: ModelArtifact) -> None:
+        self.model = artifact.model.eval()
+        self.version = artifact.version
+        self.item_ids = artifact.item_ids
+        self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
+        config = artifact.model.config
+        self.dim = config.dim
+        self.state_size = config.state_size
+        self._buckets = config.query_buckets
+        self._max_tokens = config.max_query_tokens
+
+    def knows(self, item_id: str) -> bool:
+        """Whether the model has an embedding for this item."""
+        return item_id in self._rows
+
+    def initial_state(self) -> np.ndarray:
+        """The state of a user with no events."""
+        return np.zeros(self.state_size, dtype=np.float32)
+
+    @torch.inference_mode()
+    def step(self, state: np.ndarray, event_type: str, item_id: str | None, query: str | None) -> np.ndarray:
+        """The state after one more event (unknown items step with the type alone)."""
+        row = self._rows.get(item_id, 0) if item_id is not None else 0
+        tokens = query_tokens(query, self._buckets, self._max_tokens) if query else [0] * self._max_tokens
+        new = self.model.step(torch.from_numpy(state.reshape(1, -1)), torch.tensor([row]),
+                              torch.tensor([TYPE_IDS[event_type]]), torch.tensor([tokens]))
+        return new[0].numpy().copy()
+
+    @torch.inference_mode()
+    def query_vector(self, state: np.ndarray) -> np.ndarray:
+        """The vector searched in the item index (inner product)."""
+        return self.model.query(torch.from_numpy(state.reshape(1, -1)))[0].numpy().copy()
+
+    @torch.inference_mode()
+    def item_vectors(self) -> np.ndarray:
+        """(n_items, dim) item embeddings in ``item_ids`` order."""
+        return self.model.item_vectors().numpy().copy()

@@ -1,0 +1,110 @@
+"""Approximate inner-product search on hnswlib, with the external id <-> label map it needs.
+
+Parameters (see hnswlib's ALGO_PARAMS.md):
+* ``m``: links per node. Higher raises recall and memory (~ m * 2 * 4 bytes per item) and build time.
+* ``ef_construction``: beam width while inserting. Higher builds a better graph, more slowly.
+* ``ef``: beam width while searching, at least the number of candidates asked for. Higher raises recall
+  and query time; this wrapper raises it per query when more candidates are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+
+class HnswIndex:
+    """HNSW over item vectors; thread-safe; grows as items arrive; deletes by marking."""
+
+    def __init__(self, dim: int, m: int = 16, ef_construction: int = 200, ef: int = 100,
+                 capacity: int = 1024, seed: int = 100) -> None:
+        self.dim = dim
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef = ef
+        self._index = hnswlib.Index(space="ip", dim=dim)
+        self._index.init_index(max_elements=max(capacity, 16), M=m, ef_construction=ef_construction,
+                               random_seed=seed, allow_replace_deleted=True)
+        self._index.set_ef(ef)
+        self._index.set_num_threads(1)  # deterministic builds; workers are single-threaded anyway
+        self._labels: dict[str, int] = {}  # external id -> hnsw label (live items only)
+        self._ids: dict[int, str] = {}  # hnsw label -> external id (live items only)
+        self._next_label = 0
+        self._lock = threading.Lock()
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert or replace items; grows capacity by doubling when full."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        with self._lock:
+            labels = []
+            for item in ids:
+                label = self._labels.get(item)
+                if label is None:
+                    label = self._next_label
+                    self._next_label += 1
+                    self._labels[item] = label
+                    self._ids[label] = item
+                labels.append(label)
+            needed = self._index.get_current_count() + len(ids)
+            if needed > self._index.get_max_elements():
+                self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
+            self._index.add_items(vectors, np.asarray(labels, dtype=np.int64))
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Mark items deleted so no search returns them; unknown ids are ignored."""
+        with self._lock:
+            for item in ids:
+                label = self._labels.pop(item, None)
+                if label is not None:
+                    del self._ids[label]
+                    self._index.mark_deleted(label)
+
+    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """Top-k by inner product, skipping excluded ids: over-fetches by the excluded items present."""
+        with self._lock:
+            live = len(self._labels)
+            if live == 0:
+                return []
+            blocked = sum(1 for item in exclude if item in self._labels)
+            fetch = min(k + blocked, live)
+            self._index.set_ef(max(self.ef, fetch))
+            labels, distances = self._index.knn_query(np.asarray(query, np.float32).reshape(1, self.dim), k=fetch)
+            ids = self._ids
+        out: list[tuple[str, float]] = []
+        for label, distance in zip(labels[0], distances[0], strict=True):
+            item = ids.get(int(label))
+            if item is None or item in exclude:
+                continue
+            out.append((item, 1.0 - float(distance)))  # hnswlib's ip distance is 1 - <q, v>
+            if len(out) == k:
+                break
+        return out
+
+    def save(self, path: Path) -> None:
+        """Write index.bin and meta.json (parameters and the id map) into the folder."""
+        path.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._index.save_index(str(path / "index.bin"))
+            meta = {"dim": self.dim, "m": self.m, "ef_construction": self.ef_construction, "ef": self.ef,
+                    "next_label": self._next_label, "labels": self._labels}
+        (path / "meta.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, path: Path) -> HnswIndex:
+        """Read an index written by :meth:`save`."""
+        meta = json.loads((path / "meta.json").read_text())
+        index = cls(meta["dim"], meta["m"], meta["ef_construction"], meta["ef"])
+        index._index.load_index(str(path / "index.bin"), allow_replace_deleted=True)
+        index._index.set_ef(index.ef)
+        index._labels = {str(k): int(v) for k, v in meta["labels"].items()}
+        index._ids = {v: k for k, v in index._labels.items()}
+        index._next_label = int(meta["next_label"])
+        return index
+
+    def __len__(self) -> int:
+        return len(self._labels)

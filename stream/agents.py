@@ -1,0 +1,36 @@
+"""Thin Faust agents: move records between Kafka and the data path, nothing else."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
+from typing import Any
+
+import faust
+
+from stream.metrics import Metrics
+from stream.pipeline import Recommender
+from stream.schemas import EventType, Source
+
+AgentFun = Callable[[faust.StreamT[bytes]], Coroutine[Any, Any, None]]
+
+
+def make_agent(event_type: EventType, recommender: Recommender, states: MutableMapping[str, bytes],
+               recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics | None) -> AgentFun:
+    """An agent body for one input topic: raw bytes in, recommendation or dead letter out."""
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        events: AsyncIterator[faust.EventT[bytes]] = stream.events()
+        async for event in events:
+            message = event.message
+            outcome = recommender.handle(event_type, message.value, message.key,
+                                         Source(message.topic, message.partition, message.offset), states)
+            started = time.perf_counter()
+            target = dead_letters if outcome.dead_letter else recommendations
+            await target.send(key=outcome.key, value=outcome.value)
+            if metrics:
+                metrics.stage.labels(stage="produce").observe(time.perf_counter() - started)
+
+    agent.__name__ = f"{event_type}_agent"
+    agent.__qualname__ = agent.__name__
+    return agent

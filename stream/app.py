@@ -1,0 +1,88 @@
+"""create_app: the one place that wires settings, model, index, topics, table and agents together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faust
+import torch
+from prometheus_client import CollectorRegistry
+
+from encoders.artifact import load_artifact
+from encoders.serving import UserEncoder
+from index.hnsw import HnswIndex
+from stream.agents import make_agent
+from stream.config import Settings
+from stream.errors import ConfigError
+from stream.metrics import Metrics
+from stream.pipeline import Recommender, Rules
+
+log = logging.getLogger(__name__)
+STATE_TABLE = "user-state"
+
+
+@dataclass
+class Worker:
+    """A built worker: the Faust app plus the handles tests and the CLI may want."""
+
+    app: faust.App
+    recommender: Recommender
+    metrics: Metrics
+    registry: CollectorRegistry
+
+
+def build_recommender(settings: Settings, metrics: Metrics | None) -> Recommender:
+    """Load the model artifact and index its item embeddings in HNSW."""
+    if settings.model_path is None:
+        raise ConfigError("model_path", "no model artifact given (train one: streamrec train)")
+    torch.set_num_threads(settings.torch_threads)
+    encoder = UserEncoder(load_artifact(settings.model_path))
+    index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                      ef=settings.hnsw_ef, capacity=len(encoder.item_ids))
+    index.add(encoder.item_ids, encoder.item_vectors())
+    log.info("model %s loaded, %d items indexed", encoder.version, len(index))
+    return Recommender(encoder, index, Rules.from_settings(settings), metrics)
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
+    """Build the Faust app with its topics, the changelog-backed user-state table and one agent per input."""
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    recommender = build_recommender(settings, metrics)
+    datadir = settings.home / "faust" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store=settings.store,
+        datadir=str(datadir),
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        producer_linger=0.0,
+        stream_wait_empty=False,
+    )
+    raw: dict[str, object] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                              "value_serializer": "raw"}
+    # The state is already bytes (stream/state.py), so keys and values go raw through the store and the
+    # changelog. Faust would derive "json" from the types, so the changelog topic is declared here (with acks:
+    # Faust's default changelog does not wait for them) and the table's serializers are set before first use.
+    changelog = app.topic(f"{settings.app_id}-{STATE_TABLE}-changelog", key_type=str, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+                          compacting=True, deleting=False, internal=True, acks=True)
+    states = app.Table(STATE_TABLE, default=None, key_type=str, value_type=bytes, partitions=settings.partitions,
+                       changelog_topic=changelog)
+    states.key_serializer = "raw"
+    states.value_serializer = "raw"
+    recommendations = app.topic(settings.topic_recommendations, **raw)  # type: ignore[arg-type]
+    dead_letters = app.topic(settings.topic_dead_letters, **raw)  # type: ignore[arg-type]
+    for event_type, name in settings.input_topics.items():
+        topic = app.topic(name, **raw)  # type: ignore[arg-type]
+        body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics)  # type: ignore[arg-type]
+        app.agent(topic, name=f"streamrec.{event_type}")(body)
+    return Worker(app=app, recommender=recommender, metrics=metrics, registry=registry)

@@ -1,0 +1,190 @@
+"""The ``streamrec`` command line: broker, topics, train, worker, replay, tail, demo.
+
+Global flags override ``STREAMREC_*`` environment variables; both end in one validated Settings object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from stream.config import Settings, load_settings
+from stream.errors import StreamrecError
+
+log = logging.getLogger("streamrec")
+
+# Global flags -> setting names (None when the flag is not given, so env/defaults apply).
+_GLOBAL_FLAGS = {
+    "bootstrap_servers": "--bootstrap-servers",
+    "home": "--home",
+    "data_dir": "--data-dir",
+    "partitions": "--partitions",
+    "app_id": "--app-id",
+    "metrics_port": "--metrics-port",
+    "store": "--store",
+    "log_level": "--log-level",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamrec", description="Streaming real-time recommendations on Kafka.")
+    for name, flag in _GLOBAL_FLAGS.items():
+        p.add_argument(flag, dest=name, default=None, help=f"setting {name} (env STREAMREC_{name.upper()})")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="run a local Apache Kafka (KRaft) from the official jars")
+    b.add_argument("action", choices=["start", "stop", "status"])
+    b.add_argument("--nodes", type=int, default=1, help="brokers in the local cluster (1 or 3)")
+
+    sub.add_parser("topics", help="create the topics (idempotent) and check their partition counts")
+
+    t = sub.add_parser("train", help="train a next-item model and write a versioned artifact")
+    t.add_argument("--dataset", default="movielens", choices=["movielens", "yoochoose", "diginetica"])
+    t.add_argument("--model", default="gru", choices=["gru", "lstm"])
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--out", type=Path, default=None, help="artifact root (default <home>/models)")
+
+    w = sub.add_parser("worker", help="run a Faust worker")
+    w.add_argument("--model", dest="model_path", type=Path, default=None, help="artifact folder (setting model_path)")
+
+    r = sub.add_parser("replay", help="produce a real dataset's events in time order")
+    r.add_argument("dataset", choices=["movielens", "yoochoose", "diginetica"])
+    r.add_argument("--rate", type=float, default=100.0, help="events per second (0 = as fast as possible)")
+    r.add_argument("--limit", type=int, default=1000, help="events to send")
+    r.add_argument("--skip", type=int, default=0, help="events to skip from the start of the dataset")
+
+    tl = sub.add_parser("tail", help="print recommendation lists as they arrive")
+    tl.add_argument("--user", default=None, help="only this user id")
+    tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument("--idle", type=float, default=None, help="exit after this many idle seconds")
+
+    d = sub.add_parser("demo", help="broker + model + worker + replay, printing live lists and latency")
+    d.add_argument("--events", type=int, default=2000, help="events to replay")
+    d.add_argument("--rate", type=float, default=200.0, help="events per second")
+    d.add_argument("--users", type=int, default=3, help="users whose lists are printed")
+    return p
+
+
+def _settings(args: argparse.Namespace, **more: Any) -> Settings:
+    overrides = {name: getattr(args, name) for name in _GLOBAL_FLAGS} | more
+    return load_settings(overrides)
+
+
+def _broker(settings: Settings, action: str, nodes: int) -> int:
+    from stream.broker import KafkaJars, LocalKafka, local_nodes
+
+    kafka = LocalKafka(settings.home / "kafka", KafkaJars(settings.kafka_jars_dir),
+                       local_nodes(settings.bootstrap_servers, nodes))
+    if action == "start":
+        seconds = kafka.start()
+        print(f"Kafka ready at {kafka.bootstrap_servers} ({seconds:.1f} s)")
+    elif action == "stop":
+        kafka.stop()
+        print("Kafka stopped")
+    else:
+        state = kafka.status()
+        running = kafka.is_running()
+        print(json.dumps({"running": running, "bootstrap_servers": kafka.bootstrap_servers,
+                          "nodes": {str(k): v for k, v in state.items()}}))
+        return 0 if running else 3
+    return 0
+
+
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from encoders.artifact import save_artifact
+    from encoders.training import TrainConfig, train
+    from stream.datasets import load_events
+
+    events = load_events(args.dataset, settings.data_dir)
+    result = train(events, cell=args.model, config=TrainConfig(epochs=args.epochs, seed=args.seed))
+    path = save_artifact(result.model, result.item_ids, result.metrics, args.dataset,
+                         args.out or settings.home / "models")
+    print(json.dumps({"artifact": str(path), "eval": result.metrics["eval"]}))
+    return 0
+
+
+def _worker(settings: Settings) -> int:
+    import faust
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from stream.app import create_app
+    from stream.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    registry = CollectorRegistry()
+    worker = create_app(settings, registry)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    faust.Worker(worker.app, loglevel=settings.log_level.upper()).execute_from_commandline()
+    return 0
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    from stream.datasets import load_events
+    from stream.replay import replay
+
+    events = islice(load_events(args.dataset, settings.data_dir), args.skip, None)
+    stats = asyncio.run(replay(settings, events, args.rate, args.limit))
+    print(json.dumps({"sent": stats.sent, "by_type": stats.by_type, "seconds": round(stats.seconds, 2)}))
+    return 0
+
+
+async def _tail(settings: Settings, user: str | None, from_beginning: bool, idle: float | None) -> None:
+    from stream.consume import RecommendationReader
+
+    reader = RecommendationReader(settings, from_beginning=from_beginning)
+    await reader.start()
+    try:
+        async for rec, received in reader.records(idle):
+            if user is None or rec.user_id == user:
+                line = json.loads(rec.to_json())
+                line["received_latency_ms"] = round((received - rec.event_ts) * 1000, 2)
+                print(json.dumps(line), flush=True)
+    finally:
+        await reader.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``streamrec`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        extra = {"model_path": args.model_path} if args.command == "worker" else {}
+        settings = _settings(args, **extra)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command == "broker":
+            return _broker(settings, args.action, args.nodes)
+        if args.command == "topics":
+            from stream.topics import ensure_topics
+
+            print(json.dumps(asyncio.run(ensure_topics(settings))))
+            return 0
+        if args.command == "train":
+            return _train(settings, args)
+        if args.command == "worker":
+            return _worker(settings)
+        if args.command == "replay":
+            return _replay(settings, args)
+        if args.command == "tail":
+            asyncio.run(_tail(settings, args.user, args.from_beginning, args.idle))
+            return 0
+        from stream.demo import run_demo
+
+        return run_demo(settings, events=args.events, rate=args.rate, users=args.users)
+    except StreamrecError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""One frozen, typed settings object for every streamrec process.
+
+Values come from defaults, then ``STREAMREC_<NAME>`` environment variables, then explicit overrides
+(CLI flags). ``Settings.validate()`` runs at start and raises :class:`ConfigError` naming the setting.
+The commented example in ``deploy/streamrec.env.example`` lists every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.errors import ConfigError
+
+ENV_PREFIX = "STREAMREC_"
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, the CLI and the tests can configure."""
+
+    # Kafka: a comma-separated host:port list; the local broker (`streamrec broker start`) listens here too.
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "streamrec"  # Faust app id = consumer group and prefix of the changelog topic
+    home: Path = Path(".streamrec")  # local state: broker data, jars, models, worker data
+    data_dir: Path = Path("../shared/data")  # the shared real datasets (never copied into the repo)
+    jars_dir: Path | None = None  # Kafka jars cache for the local broker; None = <home>/kafka-jars
+
+    topic_clicks: str = "clicks"
+    topic_searches: str = "searches"
+    topic_purchases: str = "purchases"
+    topic_items: str = "items"
+    topic_recommendations: str = "recommendations"
+    topic_dead_letters: str = "dead-letters"
+    # The three input topics, recommendations and the state changelog must share one partition count:
+    # Faust co-partitions the user-state table with its source topics by user key.
+    partitions: int = 4
+    items_partitions: int = 1
+    dead_letter_partitions: int = 1
+    replication_factor: int = 1
+
+    model_path: Path | None = None  # artifact directory written by `streamrec train`
+    top_k: int = 10  # items per recommendation list
+    history_size: int = 50  # recent items kept per user (exclusion window, explanations later)
+    max_purchased: int = 500  # purchased items remembered per user for the never-again filter
+
+    # HNSW parameters (hnswlib): M = graph degree (memory vs recall), ef_construction = build-time beam,
+    # ef = query-time beam (must be >= the number of candidates asked for). See index/hnsw.py.
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 100
+
+    store: str = "memory://"  # Faust table store: memory:// or rocksdb:// (needs rocksdict)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9310  # 0 disables the Prometheus endpoint
+    log_level: str = "info"
+    torch_threads: int = 1  # torch intra-op threads per worker; one is fastest for single-event steps
+
+    # Faust consumer-group timings; low values make workers ready in seconds instead of 30+.
+    session_timeout_s: float = 10.0
+    rebalance_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    max_event_bytes: int = 64 * 1024  # larger input records are dead-lettered unparsed
+    max_future_skew_s: float = 86_400.0  # events stamped further in the future are invalid
+
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Map event type -> topic name."""
+        return {"click": self.topic_clicks, "search": self.topic_searches, "purchase": self.topic_purchases}
+
+    @property
+    def kafka_jars_dir(self) -> Path:
+        """Where the local broker's jars are cached."""
+        return self.jars_dir if self.jars_dir is not None else self.home / "kafka-jars"
+
+    @property
+    def broker_url(self) -> str:
+        """The bootstrap servers in Faust's URL form."""
+        return ";".join(f"kafka://{s.strip()}" for s in self.bootstrap_servers.split(","))
+
+    def validate(self) -> Settings:
+        """Check every setting; raise ConfigError naming the first bad one. Returns self."""
+        servers = [s.strip() for s in self.bootstrap_servers.split(",")]
+        if not servers or not all(_HOST_PORT.match(s) for s in servers):
+            raise ConfigError("bootstrap_servers", f"expected host:port[,host:port], got {self.bootstrap_servers!r}")
+        if not self.app_id or not _TOPIC_NAME.match(self.app_id):
+            raise ConfigError("app_id", "must be 1-249 characters of letters, digits, '.', '_' or '-'")
+        names = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("topic_")}
+        for name, value in names.items():
+            if not _TOPIC_NAME.match(value):
+                raise ConfigError(name, f"{value!r} is not a valid Kafka topic name")
+        if len(set(names.values())) != len(names):
+            raise ConfigError("topic_*", "topic names must be distinct")
+        for name in ("partitions", "items_partitions", "dead_letter_partitions", "replication_factor"):
+            _require(name, getattr(self, name), 1, 10_000)
+        _require("top_k", self.top_k, 1, 1000)
+        _require("history_size", self.history_size, 1, 10_000)
+        _require("max_purchased", self.max_purchased, 0, 100_000)
+        _require("hnsw_m", self.hnsw_m, 2, 256)
+        _require("hnsw_ef_construction", self.hnsw_ef_construction, self.hnsw_m, 10_000)
+        _require("hnsw_ef", self.hnsw_ef, self.top_k, 100_000)
+        _require("metrics_port", self.metrics_port, 0, 65535)
+        _require("torch_threads", self.torch_threads, 1, 256)
+        _require("max_event_bytes", self.max_event_bytes, 64, 64 * 1024 * 1024)
+        if self.store not in ("memory://", "rocksdb://"):
+            raise ConfigError("store", f"expected memory:// or rocksdb://, got {self.store!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level", "expected debug, info, warning or error")
+        for name in ("session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s", "max_future_skew_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, "must be a positive number of seconds")
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ConfigError("heartbeat_interval_s", "must be below session_timeout_s")
+        if self.model_path is not None and not self.model_path.is_dir():
+            raise ConfigError("model_path", f"{self.model_path} is not a directory (train one: streamrec train)")
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """The STREAMREC_* variables that reproduce these settings in a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "extra" and value is not None:
+                out[ENV_PREFIX + f.name.upper()] = str(value)
+        return out
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (values already typed)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _require(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    """Turn one textual value into the field's type, or raise ConfigError naming the setting."""
+    text = raw.strip()
+    try:
+        if kind in (int, "int"):
+            return int(text)
+        if kind in (float, "float"):
+            return float(text)
+        if kind in (Path, "Path"):
+            return Path(text).expanduser()
+        if kind in ("Path | None",):
+            return Path(text).expanduser() if text else None
+        return text
+    except ValueError:
+        raise ConfigError(name, f"cannot read {raw!r} as {getattr(kind, '__name__', kind)}") from None
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from STREAMREC_* variables and explicit overrides, then validate them.
+
+    Unknown STREAMREC_* variables are an error, so a typo cannot silently fall back to a default.
+    Overrides whose value is None are ignored (unset CLI flags).
+    """
+    environ = os.environ if env is None else env
+    fields = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in fields:
+            raise ConfigError(name, f"unknown setting (from environment variable {key})")
+        values[name] = _convert(name, fields[name].type, raw)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in fields:
+            raise ConfigError(name, "unknown setting")
+        values[name] = _convert(name, fields[name].type, value) if isinstance(value, str) else value
+    return Settings(**values).validate()

@@ -1,0 +1,45 @@
+"""The one exception tree of streamrec.
+
+    StreamrecError                 base of everything streamrec raises on purpose
+    ├── ConfigError                a setting is invalid; names the setting and why
+    ├── InvalidEvent               an input record failed decoding or validation; carries a short reason code
+    ├── ArtifactError              a model artifact is missing, incomplete or corrupt
+    └── BrokerError                the local Kafka could not be resolved, started or reached
+
+Invalid events never escape the worker: they are counted and sent to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+
+class StreamrecError(Exception):
+    """Base class of all errors streamrec raises deliberately."""
+
+
+class ConfigError(StreamrecError):
+    """A setting is invalid; the message names the setting and says why."""
+
+    def __init__(self, setting: str, why: str) -> None:
+        super().__init__(f"setting {setting!r}: {why}")
+        self.setting = setting
+        self.why = why
+
+
+class InvalidEvent(StreamrecError):
+    """An input record failed decoding or validation.
+
+    ``reason`` is a short, stable code (used as a metric label); ``detail`` is for humans.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ArtifactError(StreamrecError):
+    """A model artifact is missing, incomplete or corrupt."""
+
+
+class BrokerError(StreamrecError):
+    """The local Kafka broker could not be resolved, started or reached."""

@@ -1,0 +1,49 @@
+"""Every Prometheus metric of a worker, created against an injected registry.
+
+Names follow ``streamrec_<component>_<what>_<unit>``. Tests build ``Metrics(CollectorRegistry())`` and read
+values with ``registry.get_sample_value``; the worker passes the registry it serves on its metrics port.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# 1 ms .. 5 s: the target is milliseconds, the tail must still be visible.
+LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5,
+                   1.0, 2.0, 5.0)
+STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+STAGES = ("decode", "state", "query", "search", "rerank", "produce")
+
+
+class Metrics:
+    """The worker's counters and histograms."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.event_to_recommendation = Histogram(
+            "streamrec_worker_event_to_recommendation_seconds",
+            "Time from the event's ts to the generated_at of the list it triggered.",
+            ["event_type"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.stage = Histogram(
+            "streamrec_pipeline_stage_seconds", "Time spent per event in each stage of the data path.",
+            ["stage"], buckets=STAGE_BUCKETS, registry=registry)
+        self.events = Counter(
+            "streamrec_worker_events_total", "Input events consumed (valid or not), by type.",
+            ["event_type"], registry=registry)
+        self.invalid = Counter(
+            "streamrec_worker_invalid_events_total", "Input events rejected by validation, by type and reason.",
+            ["event_type", "reason"], registry=registry)
+        self.duplicates = Counter(
+            "streamrec_worker_duplicate_events_total", "Redelivered events whose state update was skipped.",
+            ["event_type"], registry=registry)
+        self.unknown_items = Counter(
+            "streamrec_worker_unknown_items_total", "Events naming an item the model has no vector for.",
+            ["event_type"], registry=registry)
+        self.lists = Counter(
+            "streamrec_worker_recommendations_total", "Recommendation lists produced, by triggering event type.",
+            ["event_type"], registry=registry)
+        self.dead_letters = Counter(
+            "streamrec_worker_dead_letters_total", "Records sent to the dead-letter topic, by source topic.",
+            ["topic"], registry=registry)
+        for stage in STAGES:  # export every stage from the start, so dashboards never see a hole
+            self.stage.labels(stage=stage)

@@ -1,0 +1,152 @@
+"""The data path, top to bottom: event in, validate, update state, query vector, search, filter and
+re-rank, recommendation out.
+
+Nothing here imports Faust or Kafka. The agents hand in raw bytes, the record's position and the user
+state table (any MutableMapping[str, bytes]); they send whatever :class:`Outcome` says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+
+from encoders.serving import UserEncoder
+from index.base import ItemIndex
+from stream.config import Settings
+from stream.errors import InvalidEvent, StreamrecError
+from stream.metrics import Metrics
+from stream.schemas import Event, EventType, Recommendation, RecommendedItem, Source, dead_letter, decode_event
+from stream.state import UserState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the data path needs from the settings."""
+
+    top_k: int = 10
+    history_size: int = 50
+    max_purchased: int = 500
+    max_event_bytes: int = 65536
+    max_future_skew_s: float = 86_400.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rules:
+        """Pick the data-path settings out of the full settings object."""
+        return cls(top_k=settings.top_k, history_size=settings.history_size,
+                   max_purchased=settings.max_purchased, max_event_bytes=settings.max_event_bytes,
+                   max_future_skew_s=settings.max_future_skew_s)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to send for one input record: a list to ``recommendations`` or a record to ``dead-letters``."""
+
+    key: bytes | None
+    value: bytes
+    dead_letter: bool
+    recommendation: Recommendation | None = None
+    reason: str | None = None
+
+
+class Recommender:
+    """Holds the model, the index and the rules; ``handle`` is the per-event data path."""
+
+    def __init__(self, encoder: UserEncoder, index: ItemIndex, rules: Rules, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.encoder = encoder
+        self.index = index
+        self.rules = rules
+        self.metrics = metrics
+        self.clock = clock
+
+    def handle(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source,
+               states: MutableMapping[str, bytes]) -> Outcome:
+        """Process one input record end to end and say what to produce."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        if m:
+            m.events.labels(event_type=event_type).inc()
+        # 1. Validate.
+        try:
+            event = decode_event(event_type, raw, source, max_bytes=self.rules.max_event_bytes,
+                                 max_future_skew_s=self.rules.max_future_skew_s, now=self.clock())
+            if key is None or key != event.user_id.encode():
+                # The state table is partitioned by the record key; any other key would split a user's state.
+                raise InvalidEvent("key_mismatch", "the record key must be the user_id")
+        except InvalidEvent as error:
+            if m:
+                m.invalid.labels(event_type=event_type, reason=error.reason).inc()
+                m.dead_letters.labels(topic=source.topic).inc()
+            return Outcome(key, dead_letter(raw, key, error, source, self.clock()), True, reason=error.reason)
+        t1 = time.perf_counter()
+        # 2. Update the user's state (once per event id: Kafka may redeliver after a crash).
+        state = self._load_state(states.get(event.user_id))
+        if event.event_id in state.seen_event_ids:
+            if m:
+                m.duplicates.labels(event_type=event_type).inc()
+        else:
+            if m and event.item_id is not None and not self.encoder.knows(event.item_id):
+                m.unknown_items.labels(event_type=event_type).inc()
+            state.vector = self.encoder.step(state.vector, event.type, event.item_id, event.query)
+            state.remember(event.type, event.item_id, event.event_id, event.ts, self.rules.history_size,
+                           self.rules.max_purchased)
+            states[event.user_id] = state.to_bytes()
+        t2 = time.perf_counter()
+        # 3. Query vector.
+        query = self.encoder.query_vector(state.vector)
+        t3 = time.perf_counter()
+        # 4. Search, never returning what the user already bought.
+        excluded = set(state.purchased)
+        candidates = self.index.search(query, self.rules.top_k, exclude=excluded)
+        t4 = time.perf_counter()
+        # 5. Filter and re-rank.
+        items = rerank(candidates, excluded, self.rules.top_k)
+        # 6. The list.
+        rec = self._recommendation(event, items)
+        t5 = time.perf_counter()
+        if m:
+            for stage, seconds in (("decode", t1 - t0), ("state", t2 - t1), ("query", t3 - t2),
+                                   ("search", t4 - t3), ("rerank", t5 - t4)):
+                m.stage.labels(stage=stage).observe(seconds)
+            m.lists.labels(event_type=event.type).inc()
+            m.event_to_recommendation.labels(event_type=event.type).observe(max(rec.generated_at - event.ts, 0.0))
+        return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
+
+    def _recommendation(self, event: Event, items: list[RecommendedItem]) -> Recommendation:
+        return Recommendation(user_id=event.user_id, items=tuple(items), model_version=self.encoder.version,
+                              event_type=event.type, event_id=event.event_id, event_ts=event.ts,
+                              generated_at=self.clock())
+
+    def _load_state(self, raw: bytes | None) -> UserState:
+        """The stored state, a fresh one, or one rebuilt from history when it belongs to another model."""
+        if raw is None:
+            return UserState(vector=self.encoder.initial_state(), model_version=self.encoder.version)
+        try:
+            state = UserState.from_bytes(raw)
+        except StreamrecError as exc:
+            log.warning("discarding unreadable user state: %s", exc)
+            return UserState(vector=self.encoder.initial_state(), model_version=self.encoder.version)
+        if state.model_version != self.encoder.version or state.vector.shape != (self.encoder.state_size,):
+            vector = self.encoder.initial_state()
+            for kind, item in state.recent:
+                vector = self.encoder.step(vector, kind, item, None)
+            state.vector, state.model_version = vector, self.encoder.version
+        return state
+
+
+def rerank(candidates: list[tuple[str, float]], excluded: set[str], k: int) -> list[RecommendedItem]:
+    """Drop excluded and repeated items, keep the best k by score."""
+    seen: set[str] = set()
+    out: list[RecommendedItem] = []
+    for item, score in sorted(candidates, key=lambda c: -c[1]):
+        if item in excluded or item in seen:
+            continue
+        seen.add(item)
+        out.append(RecommendedItem(item, score))
+        if len(out) == k:
+            break
+    return out

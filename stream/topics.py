@@ -1,0 +1,102 @@
+"""Explicit topic creation: every topic streamrec uses, with configured partitions, never auto-created."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from stream.config import Settings
+from stream.errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic to create: name, partitions and topic-level configs."""
+
+    name: str
+    partitions: int
+    configs: tuple[tuple[str, str], ...] = ()
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """All topics of a deployment, from the settings."""
+    n = settings.partitions
+    return [
+        TopicSpec(settings.topic_clicks, n),
+        TopicSpec(settings.topic_searches, n),
+        TopicSpec(settings.topic_purchases, n),
+        TopicSpec(settings.topic_items, settings.items_partitions, (("cleanup.policy", "compact"),)),
+        # Keyed by user and compacted: the topic doubles as "the latest list of every user".
+        TopicSpec(settings.topic_recommendations, n, (("cleanup.policy", "compact"),)),
+        # Dead letters are evidence: keep them for 30 days.
+        TopicSpec(settings.topic_dead_letters, settings.dead_letter_partitions,
+                  (("retention.ms", str(30 * 24 * 3600 * 1000)),)),
+    ]
+
+
+async def _admin(settings: Settings, timeout_s: float) -> AIOKafkaAdminClient:
+    """A started admin client, retrying while the broker is not reachable yet."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            return admin
+        except KafkaConnectionError as exc:
+            await admin.close()
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(f"Kafka at {settings.bootstrap_servers} is not reachable: {exc}") from None
+            log.warning("Kafka at %s not reachable yet (%s); retrying", settings.bootstrap_servers, exc)
+            await asyncio.sleep(1.0)
+
+
+async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
+    """Create missing topics; fail if an existing one has another partition count. Returns name -> partitions."""
+    specs = topic_specs(settings)
+    admin = await _admin(settings, timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            rf = settings.replication_factor
+            await admin.create_topics([NewTopic(s.name, s.partitions, rf, topic_configs=dict(s.configs))
+                                       for s in missing])
+            log.info("created topics %s", ", ".join(s.name for s in missing))
+        found = await _partition_counts(admin, [s.name for s in specs])
+    except KafkaError as exc:
+        raise BrokerError(f"topic setup failed on {settings.bootstrap_servers}: {exc}") from None
+    finally:
+        await admin.close()
+    for spec in specs:
+        if found.get(spec.name) != spec.partitions:
+            setting = "partitions" if spec.partitions == settings.partitions else f"{spec.name} partitions"
+            raise ConfigError(setting, f"topic {spec.name!r} has {found.get(spec.name)} partitions, "
+                                       f"settings say {spec.partitions}")
+    return found
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str], attempts: int = 50) -> dict[str, int]:
+    """Partition count per topic, waiting briefly for freshly created topics to show up in metadata."""
+    counts: dict[str, int] = {}
+    for _ in range(attempts):
+        described = await admin.describe_topics(names)
+        counts = {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+        if len(counts) == len(names) and all(counts.values()):
+            return counts
+        await asyncio.sleep(0.1)
+    return counts
+
+
+async def partition_count(settings: Settings, topic: str) -> int:
+    """Partitions of one topic (0 when it does not exist)."""
+    admin = await _admin(settings, timeout_s=30.0)
+    try:
+        return (await _partition_counts(admin, [topic], attempts=10)).get(topic, 0)
+    finally:
+        await admin.close()

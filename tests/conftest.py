@@ -1,0 +1,40 @@
+"""Fixtures shared by every test tier: the real data folder and a small real model artifact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from encoders.artifact import ModelArtifact, load_artifact, save_artifact
+from encoders.training import TrainConfig, train
+from stream.datasets import load_events
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real datasets; a missing folder is an error, never a skip."""
+    assert DATA_DIR.is_dir(), f"shared data not found at {DATA_DIR} (set STREAMREC_DATA_DIR)"
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A GRU trained for one epoch on real diginetica sessions: small, fast, and a real artifact."""
+    events = load_events("diginetica", data_dir)
+    result = train(events, cell="gru", dim=32, hidden=32, config=TrainConfig(epochs=1, seed=7), progress=False)
+    return save_artifact(result.model, result.item_ids, result.metrics, "diginetica",
+                         tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture()
+def artifact(artifact_dir: Path) -> ModelArtifact:
+    """A freshly loaded copy of the shared artifact (tests may mutate it)."""
+    return load_artifact(artifact_dir)

@@ -1,0 +1,72 @@
+"""A real single-node Kafka starts, serves a topic round trip through aiokafka, and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream.broker import BrokerNode, KafkaJars, LocalKafka, free_port
+
+JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", Path(__file__).resolve().parents[2] / ".streamrec" / "kafka-jars"))
+TOPIC = "it-broker-roundtrip"
+
+pytestmark = pytest.mark.integration
+
+
+async def _round_trip(bootstrap: str) -> bytes:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(TOPIC, num_partitions=3, replication_factor=1)])
+        for _ in range(50):  # the new topic's metadata reaches the broker's cache a moment after the create
+            [described] = await admin.describe_topics([TOPIC])
+            if len(described["partitions"]) == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(described["partitions"]) == 3
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(TOPIC, b"hello", key=b"user-1", partition=2)
+    finally:
+        await producer.stop()
+
+    # A consumer group, so the group coordinator (__consumer_offsets) is exercised too.
+    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id="it-broker", auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        msg = await asyncio.wait_for(consumer.getone(), timeout=30)
+    finally:
+        await consumer.stop()
+    assert msg.partition == 2 and msg.key == b"user-1"
+    return bytes(msg.value)
+
+
+def test_local_kafka_round_trip(tmp_path: Path) -> None:
+    kafka = LocalKafka(tmp_path / "kafka", KafkaJars(JARS_DIR), [BrokerNode(1, free_port(), free_port())])
+    try:
+        took = kafka.start(timeout=60)  # raises BrokerError (a failure, not a skip)
+        assert 0 < took < 60
+        assert kafka.status() == {1: True}
+        pid = kafka.pid(1)
+        assert pid is not None
+        assert kafka.start() == 0.0  # already running
+
+        began = time.monotonic()
+        assert asyncio.run(_round_trip(kafka.bootstrap_servers)) == b"hello"
+        print(f"broker start {took:.1f} s, round trip {time.monotonic() - began:.1f} s")
+    finally:
+        kafka.stop()
+
+    assert not kafka.is_running()
+    assert not Path(f"/proc/{pid}").exists()
+    kafka.stop()  # stopping a stopped cluster is a no-op

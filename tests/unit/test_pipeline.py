@@ -1,0 +1,121 @@
+"""The data path as a plain function: real model artifact, exact index, a dict as the state table."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from encoders.artifact import ModelArtifact
+from encoders.serving import UserEncoder
+from index.brute import BruteForceIndex
+from stream.metrics import Metrics
+from stream.pipeline import Recommender, Rules
+from stream.schemas import Source
+from stream.state import UserState
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture()
+def recommender(artifact: ModelArtifact) -> Recommender:
+    encoder = UserEncoder(artifact)
+    index = BruteForceIndex(encoder.dim)
+    index.add(encoder.item_ids, encoder.item_vectors())
+    return Recommender(encoder, index, Rules(top_k=10), Metrics(CollectorRegistry()), clock=lambda: NOW)
+
+
+def click(user: str, item: str, event_id: str, kind: str = "click") -> tuple[bytes, bytes]:
+    return user.encode(), orjson.dumps({"schema_version": 1, "user_id": user, "item_id": item,
+                                        "ts": NOW - 0.004, "event_id": event_id})
+
+
+def test_click_updates_state_and_returns_top_k(recommender: Recommender) -> None:
+    states: dict[str, bytes] = {}
+    item = recommender.encoder.item_ids[0]
+    key, raw = click("u1", item, "e1")
+    out = recommender.handle("click", raw, key, Source("clicks", 0, 1), states)
+    assert not out.dead_letter and out.key == b"u1"
+    rec = out.recommendation
+    assert rec is not None and len(rec.items) == 10
+    assert [i.score for i in rec.items] == sorted((i.score for i in rec.items), reverse=True)
+    assert (rec.event_id, rec.model_version, rec.generated_at) == ("e1", recommender.encoder.version, NOW)
+    state = UserState.from_bytes(states["u1"])
+    assert state.recent == [("click", item)] and state.events == 1
+    assert state.vector.any()
+    registry = recommender.metrics.registry  # type: ignore[union-attr]
+    assert registry.get_sample_value("streamrec_worker_recommendations_total", {"event_type": "click"}) == 1
+    assert registry.get_sample_value("streamrec_worker_event_to_recommendation_seconds_count",
+                                     {"event_type": "click"}) == 1
+
+
+def test_purchased_items_are_never_recommended(recommender: Recommender) -> None:
+    states: dict[str, bytes] = {}
+    first = recommender.handle("click", *reversed(click("u2", recommender.encoder.item_ids[3], "e0")),
+                               source=Source("clicks", 0, 0), states=states)
+    assert first.recommendation is not None
+    bought = [i.item_id for i in first.recommendation.items[:5]]
+    for n, item in enumerate(bought, 1):
+        key, raw = click("u2", item, f"p{n}")
+        out = recommender.handle("purchase", raw, key, Source("purchases", 0, n), states)
+    assert out.recommendation is not None
+    assert not {i.item_id for i in out.recommendation.items} & set(bought)
+    assert UserState.from_bytes(states["u2"]).purchased == bought
+
+
+def test_redelivered_event_does_not_step_twice(recommender: Recommender) -> None:
+    states: dict[str, bytes] = {}
+    key, raw = click("u3", recommender.encoder.item_ids[1], "same")
+    a = recommender.handle("click", raw, key, Source("clicks", 0, 5), states)
+    before = states["u3"]
+    b = recommender.handle("click", raw, key, Source("clicks", 0, 5), states)
+    assert states["u3"] == before
+    assert a.recommendation is not None and b.recommendation is not None
+    assert a.recommendation.items == b.recommendation.items
+
+
+def test_invalid_event_becomes_a_dead_letter_and_leaves_state_alone(recommender: Recommender) -> None:
+    states: dict[str, bytes] = {}
+    raw = b'{"schema_version": 1, "user_id": "u4", "ts": "soon"}'
+    out = recommender.handle("click", raw, b"u4", Source("clicks", 2, 9), states)
+    assert out.dead_letter and out.reason == "wrong_type" and not states
+    record = orjson.loads(out.value)
+    assert base64.b64decode(record["value_b64"]) == raw
+    assert record["source"] == {"topic": "clicks", "partition": 2, "offset": 9}
+    registry = recommender.metrics.registry  # type: ignore[union-attr]
+    assert registry.get_sample_value("streamrec_worker_invalid_events_total",
+                                     {"event_type": "click", "reason": "wrong_type"}) == 1
+    assert registry.get_sample_value("streamrec_worker_dead_letters_total", {"topic": "clicks"}) == 1
+
+
+def test_key_must_be_the_user_id(recommender: Recommender) -> None:
+    _, raw = click("u5", "x", "e")
+    out = recommender.handle("click", raw, b"someone-else", Source("clicks", 0, 0), {})
+    assert out.dead_letter and out.reason == "key_mismatch"
+
+
+def test_unknown_item_and_search_still_answer(recommender: Recommender) -> None:
+    states: dict[str, bytes] = {}
+    key, raw = click("u6", "never-seen-item", "e1")
+    assert recommender.handle("click", raw, key, Source("clicks", 0, 0), states).recommendation is not None
+    search = orjson.dumps({"schema_version": 1, "user_id": "u6", "query": "shoes", "ts": NOW})
+    out = recommender.handle("search", search, b"u6", Source("searches", 0, 0), states)
+    assert out.recommendation is not None and len(out.recommendation.items) == 10
+    assert UserState.from_bytes(states["u6"]).events == 2
+
+
+def test_state_of_another_model_is_rebuilt_from_history(recommender: Recommender) -> None:
+    states: dict[str, bytes] = {}
+    items = recommender.encoder.item_ids[:3]
+    for n, item in enumerate(items):
+        key, raw = click("u7", item, f"e{n}")
+        recommender.handle("click", raw, key, Source("clicks", 0, n), states)
+    expected = UserState.from_bytes(states["u7"]).vector
+    stale = UserState.from_bytes(states["u7"])
+    stale.model_version = "older-model"
+    stale.vector = stale.vector * 0 + 1
+    rebuilt = recommender._load_state(stale.to_bytes())
+    assert rebuilt.model_version == recommender.encoder.version
+    assert abs(rebuilt.vector - expected).max() < 1e-5
