@@ -69,7 +69,7 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", dim: int = 64, hidd
     n = arrays[0].shape[0]
     losses: list[float] = []
     bar = tqdm(total=config.epochs * ((n + config.batch_size - 1) // config.batch_size), disable=not progress,
-               desc=f"train {cell}", unit="batch")
+               desc=f"train {cell}", unit="batch", mininterval=1.0)
     for _epoch in range(config.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)

@@ -67,8 +67,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         producer_linger=0.0,
         stream_wait_empty=False,
     )
-    raw: dict[str, object] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-                              "value_serializer": "raw"}
     # The state is already bytes (stream/state.py), so keys and values go raw through the store and the
     # changelog. Faust would derive "json" from the types, so the changelog topic is declared here (with acks:
     # Faust's default changelog does not wait for them) and the table's serializers are set before first use.
@@ -77,12 +75,16 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                           compacting=True, deleting=False, internal=True, acks=True)
     states = app.Table(STATE_TABLE, default=None, key_type=str, value_type=bytes, partitions=settings.partitions,
                        changelog_topic=changelog)
-    states.key_serializer = "raw"
-    states.value_serializer = "raw"
-    recommendations = app.topic(settings.topic_recommendations, **raw)  # type: ignore[arg-type]
-    dead_letters = app.topic(settings.topic_dead_letters, **raw)  # type: ignore[arg-type]
+    states.key_serializer = "raw"  # type: ignore[attr-defined]  # set on Collection, not declared on TableT
+    states.value_serializer = "raw"  # type: ignore[attr-defined]
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    recommendations = raw_topic(settings.topic_recommendations)
+    dead_letters = raw_topic(settings.topic_dead_letters)
     for event_type, name in settings.input_topics.items():
-        topic = app.topic(name, **raw)  # type: ignore[arg-type]
-        body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics)  # type: ignore[arg-type]
+        body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics)
+        topic = raw_topic(name)
         app.agent(topic, name=f"streamrec.{event_type}")(body)
     return Worker(app=app, recommender=recommender, metrics=metrics, registry=registry)

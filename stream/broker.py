@@ -165,9 +165,9 @@ class KafkaJars:
     """The Kafka broker jars and their dependencies, resolved once by Maven into a cache folder."""
 
     def __init__(self, cache_dir: Path, version: str = KAFKA_VERSION) -> None:
-        self.cache_dir = cache_dir
+        self.cache_dir = cache_dir.resolve()  # the JVM runs in the node folder
         self.version = version
-        self.libs_dir = cache_dir / version / "libs"
+        self.libs_dir = self.cache_dir / version / "libs"
         self._java: str | None = None
 
     def is_complete(self) -> bool:
@@ -265,7 +265,7 @@ class LocalKafka:
     """
 
     def __init__(self, home: Path, jars: KafkaJars, nodes: list[BrokerNode] | None = None, heap_mb: int = 768) -> None:
-        self.home = home
+        self.home = home.resolve()
         self.jars = jars
         self.nodes = list(nodes) if nodes else [BrokerNode(1, 9092, 9093)]
         ids = [n.node_id for n in self.nodes]

@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         extra = {"model_path": args.model_path} if args.command == "worker" else {}
         settings = _settings(args, **extra)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # The demo and the client commands print their own results; library chatter would drown them.
+        quiet = args.command not in ("worker", "broker")
+        logging.basicConfig(level="WARNING" if quiet else settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "broker":
             return _broker(settings, args.action, args.nodes)
         if args.command == "topics":

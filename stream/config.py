@@ -11,11 +11,12 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stream.errors import ConfigError
+from stream.schemas import EventType
 
 ENV_PREFIX = "STREAMREC_"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -70,10 +71,8 @@ class Settings:
     max_event_bytes: int = 64 * 1024  # larger input records are dead-lettered unparsed
     max_future_skew_s: float = 86_400.0  # events stamped further in the future are invalid
 
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
-
     @property
-    def input_topics(self) -> dict[str, str]:
+    def input_topics(self) -> dict[EventType, str]:
         """Map event type -> topic name."""
         return {"click": self.topic_clicks, "search": self.topic_searches, "purchase": self.topic_purchases}
 
@@ -129,7 +128,7 @@ class Settings:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "extra" and value is not None:
+            if value is not None:
                 out[ENV_PREFIX + f.name.upper()] = str(value)
         return out
 
@@ -167,7 +166,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, 
     Overrides whose value is None are ignored (unset CLI flags).
     """
     environ = os.environ if env is None else env
-    fields = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):

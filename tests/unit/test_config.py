@@ -44,3 +44,11 @@ def test_bad_settings_name_the_setting(env: dict[str, str], setting: str) -> Non
 def test_duplicate_topic_names_rejected() -> None:
     with pytest.raises(ConfigError, match="distinct"):
         load_settings({"topic_searches": "clicks"}, env={})
+
+
+def test_every_setting_is_documented_in_the_example() -> None:
+    import dataclasses
+
+    example = (Path(__file__).resolve().parents[2] / "deploy" / "streamrec.env.example").read_text()
+    for f in dataclasses.fields(Settings):
+        assert f"STREAMREC_{f.name.upper()}=" in example, f"{f.name} missing from deploy/streamrec.env.example"
