@@ -8,6 +8,7 @@ The commented example in ``deploy/streamrec.env.example`` lists every setting.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -112,6 +113,8 @@ class Settings:
         _require("max_event_bytes", self.max_event_bytes, 64, 64 * 1024 * 1024)
         if self.store not in ("memory://", "rocksdb://"):
             raise ConfigError("store", f"expected memory:// or rocksdb://, got {self.store!r}")
+        if self.store == "rocksdb://" and importlib.util.find_spec("rocksdict") is None:
+            raise ConfigError("store", "rocksdb:// needs the rocksdict package: pip install 'streamrec[rocksdb]'")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", "expected debug, info, warning or error")
         for name in ("session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s", "max_future_skew_s"):

@@ -131,9 +131,12 @@ def test_malformed_events_go_to_dead_letters_and_nothing_stops(settings: Setting
     assert 'streamrec_worker_invalid_events_total{event_type="click",reason="malformed_json"} 2.0' in text
 
 
-def test_state_survives_a_worker_restart(settings: Settings) -> None:
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_state_survives_a_worker_restart(settings: Settings, store: str) -> None:
     """The list after a restart equals the one a single process computes from all events, so the
-    state was restored from the changelog (a lost state would give a different list)."""
+    state was restored (memory: from the changelog; RocksDB: local files plus the changelog's tail).
+    A lost state would give a different list."""
+    settings = settings.replace(store=store)
     assert settings.model_path is not None
     artifact = load_artifact(settings.model_path)
     items = artifact.item_ids
