@@ -8,6 +8,7 @@ stopped on the way out, Ctrl-C included.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -88,12 +89,13 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
 
     _say("replay", f"{len(held_out)} held-out movielens events (after the training cutoff) at {rate:.0f}/s ...")
     collector = asyncio.create_task(collect())
-    stats = await replay(settings, held_out, rate, on_sent=on_sent)
     try:
-        await asyncio.wait_for(collector, timeout=15)
+        stats = await replay(settings, held_out, rate, on_sent=on_sent)
+        await asyncio.wait_for(collector, timeout=15)  # the last lists; a timeout shows as missing lists
     except TimeoutError:
         pass
     finally:
+        collector.cancel()
         await reader.stop()
     _say("replay", f"sent {stats.sent} events {dict(stats.by_type)} in {stats.seconds:.1f} s; "
                    f"{len(received_lat)} lists received")
@@ -115,12 +117,20 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
     _say("worker", f"event ts -> list generated: {_percentiles(server_lat)}")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users: int = 3) -> int:
     """Run the whole product locally and print what it does; returns an exit code."""
     from stream.broker import KafkaJars, LocalKafka, local_nodes
     from stream.datasets import item_titles
     from stream.topics import ensure_topics
 
+    # Ctrl-C and `kill` both end the demo through the finally below, even when the shell started it with
+    # SIGINT ignored (as non-interactive shells do for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupted)
     print("streamrec demo", flush=True)
     kafka = LocalKafka(settings.home / "kafka", KafkaJars(settings.kafka_jars_dir),
                        local_nodes(settings.bootstrap_servers, 1))
