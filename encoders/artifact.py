@@ -94,9 +94,19 @@ def load_artifact(path: Path) -> ModelArtifact:
                          dataset=str(config.get("dataset", "")), metrics=config.get("metrics", {}), path=path)
 
 
-def latest_artifact(root: Path, dataset: str, cell: str) -> Path | None:
-    """The newest complete artifact for a dataset and cell under ``root``, if any."""
+def latest_artifact(root: Path, dataset: str = "*", cell: str = "*") -> Path | None:
+    """The newest complete artifact (by its creation stamp) under ``root``, optionally of one dataset/cell."""
     if not root.is_dir():
         return None
-    found = sorted(p for p in root.glob(f"{cell}-{dataset}-*") if all((p / f).is_file() for f in _FILES))
-    return found[-1] if found else None
+    found = [p for p in root.glob(f"{cell}-{dataset}-*") if all((p / f).is_file() for f in _FILES)]
+    return max(found, key=lambda p: p.name.rsplit("-", 2)[-2]) if found else None
+
+
+def resolve_artifact(path: Path) -> Path:
+    """``path`` itself when it is an artifact, else the newest artifact inside it."""
+    if (path / "config.json").is_file():
+        return path
+    found = latest_artifact(path)
+    if found is None:
+        raise ArtifactError(f"no model artifact in {path} (train one: streamrec train)")
+    return found

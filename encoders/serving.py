@@ -26,6 +26,7 @@ class UserEncoder:
         self.state_size = config.state_size
         self._buckets = config.query_buckets
         self._max_tokens = config.max_query_tokens
+        self._no_text = np.zeros(config.max_query_tokens, dtype=np.int64)
 
     def knows(self, item_id: str) -> bool:
         """Whether the model has an embedding for this item."""
@@ -35,13 +36,19 @@ class UserEncoder:
         """The state of a user with no events."""
         return np.zeros(self.state_size, dtype=np.float32)
 
+    def encode_text(self, query: str) -> np.ndarray:
+        """The model's input form of a search query (hashed token ids for this model)."""
+        return np.asarray(query_tokens(query, self._buckets, self._max_tokens), dtype=np.int64)
+
     @torch.inference_mode()
-    def step(self, state: np.ndarray, event_type: str, item_id: str | None, query: str | None) -> np.ndarray:
-        """The state after one more event (unknown items step with the type alone)."""
+    def step(self, state: np.ndarray, event_type: str, item_id: str | None,
+             text: np.ndarray | None = None) -> np.ndarray:
+        """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step
+        with the type alone)."""
         row = self._rows.get(item_id, 0) if item_id is not None else 0
-        tokens = query_tokens(query, self._buckets, self._max_tokens) if query else [0] * self._max_tokens
+        tokens = self._no_text if text is None else text
         new = self.model.step(torch.from_numpy(state.reshape(1, -1)), torch.tensor([row]),
-                              torch.tensor([TYPE_IDS[event_type]]), torch.tensor([tokens]))
+                              torch.tensor([TYPE_IDS[event_type]]), torch.from_numpy(tokens.reshape(1, -1)))
         return new[0].numpy().copy()
 
     @torch.inference_mode()

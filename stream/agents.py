@@ -16,8 +16,12 @@ AgentFun = Callable[[faust.StreamT[bytes]], Coroutine[Any, Any, None]]
 
 
 def make_agent(event_type: EventType, recommender: Recommender, states: MutableMapping[str, bytes],
-               recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics | None) -> AgentFun:
-    """An agent body for one input topic: raw bytes in, recommendation or dead letter out."""
+               recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics | None,
+               processed: dict[tuple[str, int], int]) -> AgentFun:
+    """An agent body for one input topic: raw bytes in, recommendation or dead letter out.
+
+    ``processed`` records the last offset handled per (topic, partition), for the lag gauge.
+    """
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
         events: AsyncIterator[faust.EventT[bytes]] = stream.events()
@@ -30,6 +34,7 @@ def make_agent(event_type: EventType, recommender: Recommender, states: MutableM
             await target.send(key=outcome.key, value=outcome.value)
             if metrics:
                 metrics.stage.labels(stage="produce").observe(time.perf_counter() - started)
+            processed[(message.topic, message.partition)] = message.offset
 
     agent.__name__ = f"{event_type}_agent"
     agent.__qualname__ = agent.__name__

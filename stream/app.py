@@ -9,7 +9,7 @@ import faust
 import torch
 from prometheus_client import CollectorRegistry
 
-from encoders.artifact import load_artifact
+from encoders.artifact import load_artifact, resolve_artifact
 from encoders.serving import UserEncoder
 from index.hnsw import HnswIndex
 from stream.agents import make_agent
@@ -20,6 +20,7 @@ from stream.pipeline import Recommender, Rules
 
 log = logging.getLogger(__name__)
 STATE_TABLE = "user-state"
+LAG_INTERVAL_S = 5.0  # how often consumer lag and the user count are refreshed
 
 
 @dataclass
@@ -37,11 +38,16 @@ def build_recommender(settings: Settings, metrics: Metrics | None) -> Recommende
     if settings.model_path is None:
         raise ConfigError("model_path", "no model artifact given (train one: streamrec train)")
     torch.set_num_threads(settings.torch_threads)
-    encoder = UserEncoder(load_artifact(settings.model_path))
+    artifact = load_artifact(resolve_artifact(settings.model_path))
+    encoder = UserEncoder(artifact)
     index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                       ef=settings.hnsw_ef, capacity=len(encoder.item_ids))
     index.add(encoder.item_ids, encoder.item_vectors())
     log.info("model %s loaded, %d items indexed", encoder.version, len(index))
+    if metrics:
+        metrics.index_items.set(len(index))
+        metrics.model.info({"version": encoder.version, "dataset": artifact.dataset,
+                            "cell": artifact.model.config.cell})
     return Recommender(encoder, index, Rules.from_settings(settings), metrics)
 
 
@@ -49,6 +55,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     """Build the Faust app with its topics, the changelog-backed user-state table and one agent per input."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
+    metrics.latency_slo.set(settings.latency_slo_s)
+    k = str(settings.top_k)
+    for event_type in ("click", "purchase"):  # export zeros from the start, so rates and ratios exist
+        metrics.live_hits.labels(event_type=event_type, k=k)
+        metrics.live_opportunities.labels(event_type=event_type, k=k)
+    for name in settings.input_topics.values():
+        metrics.dead_letters.labels(topic=name)
     recommender = build_recommender(settings, metrics)
     datadir = settings.home / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +96,24 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     recommendations = raw_topic(settings.topic_recommendations)
     dead_letters = raw_topic(settings.topic_dead_letters)
+    processed: dict[tuple[str, int], int] = {}
     for event_type, name in settings.input_topics.items():
-        body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics)
-        topic = raw_topic(name)
-        app.agent(topic, name=f"streamrec.{event_type}")(body)
+        body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics, processed)
+        app.agent(raw_topic(name), name=f"streamrec.{event_type}")(body)
+
+    inputs = set(settings.input_topics.values())
+
+    @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def report_lag() -> None:
+        """Lag = end offset - next offset to process, per assigned input partition; users in state."""
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
+        if assigned:
+            ends = await app.consumer.highwaters(*assigned)
+            for tp in assigned:
+                done = processed.get((tp.topic, tp.partition))
+                position = done + 1 if done is not None else await app.consumer.position(tp)
+                lag = max(ends.get(tp, 0) - (position or 0), 0)
+                metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        metrics.state_users.set(len(states))
+
     return Worker(app=app, recommender=recommender, metrics=metrics, registry=registry)

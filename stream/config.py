@@ -48,7 +48,8 @@ class Settings:
     dead_letter_partitions: int = 1
     replication_factor: int = 1
 
-    model_path: Path | None = None  # artifact directory written by `streamrec train`
+    # An artifact folder written by `streamrec train`, or a folder of artifacts (the newest one is served).
+    model_path: Path | None = None
     top_k: int = 10  # items per recommendation list
     history_size: int = 50  # recent items kept per user (exclusion window, explanations later)
     max_purchased: int = 500  # purchased items remembered per user for the never-again filter
@@ -71,6 +72,7 @@ class Settings:
     heartbeat_interval_s: float = 1.0
     max_event_bytes: int = 64 * 1024  # larger input records are dead-lettered unparsed
     max_future_skew_s: float = 86_400.0  # events stamped further in the future are invalid
+    latency_slo_s: float = 0.05  # event-to-recommendation p99 objective; exported for the alert rule
 
     @property
     def input_topics(self) -> dict[EventType, str]:
@@ -117,7 +119,8 @@ class Settings:
             raise ConfigError("store", "rocksdb:// needs the rocksdict package: pip install 'streamrec[rocksdb]'")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", "expected debug, info, warning or error")
-        for name in ("session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s", "max_future_skew_s"):
+        for name in ("session_timeout_s", "rebalance_timeout_s", "heartbeat_interval_s", "max_future_skew_s",
+                     "latency_slo_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, "must be a positive number of seconds")
         if self.heartbeat_interval_s >= self.session_timeout_s:

@@ -6,13 +6,13 @@ values with ``registry.get_sample_value``; the worker passes the registry it ser
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # 1 ms .. 5 s: the target is milliseconds, the tail must still be visible.
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5,
                    1.0, 2.0, 5.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-STAGES = ("decode", "state", "query", "search", "rerank", "produce")
+STAGES = ("decode", "text_encode", "state", "query", "search", "rerank", "produce")
 
 
 class Metrics:
@@ -45,5 +45,24 @@ class Metrics:
         self.dead_letters = Counter(
             "streamrec_worker_dead_letters_total", "Records sent to the dead-letter topic, by source topic.",
             ["topic"], registry=registry)
+        self.live_hits = Counter(
+            "streamrec_live_hits_total",
+            "Clicks/purchases whose item was in the last list the user received (prequential hit@k).",
+            ["event_type", "k"], registry=registry)
+        self.live_opportunities = Counter(
+            "streamrec_live_opportunities_total",
+            "Clicks/purchases of users who had received a list before (the hit-rate denominator).",
+            ["event_type", "k"], registry=registry)
+        self.consumer_lag = Gauge(
+            "streamrec_worker_consumer_lag_messages", "Messages in an assigned input partition not yet processed.",
+            ["topic", "partition"], registry=registry)
+        self.index_items = Gauge(
+            "streamrec_index_items", "Items searchable in the serving index.", registry=registry)
+        self.state_users = Gauge(
+            "streamrec_state_users", "Users held in this worker's state table (its partitions).", registry=registry)
+        self.latency_slo = Gauge(
+            "streamrec_worker_latency_slo_seconds", "The configured event-to-recommendation p99 objective.",
+            registry=registry)
+        self.model = Info("streamrec_model", "The model this worker serves.", registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole
             self.stage.labels(stage=stage)

@@ -83,38 +83,54 @@ class Recommender:
                 m.dead_letters.labels(topic=source.topic).inc()
             return Outcome(key, dead_letter(raw, key, error, source, self.clock()), True, reason=error.reason)
         t1 = time.perf_counter()
-        # 2. Update the user's state (once per event id: Kafka may redeliver after a crash).
+        # 2. Encode the search text (searches only).
+        text = self.encoder.encode_text(event.query) if event.query is not None else None
+        t2 = time.perf_counter()
+        # 3. Update the user's state (once per event id: Kafka may redeliver after a crash), scoring the
+        #    previous list against this event first (live hit-rate@k).
         state = self._load_state(states.get(event.user_id))
         if event.event_id in state.seen_event_ids:
             if m:
                 m.duplicates.labels(event_type=event_type).inc()
         else:
-            if m and event.item_id is not None and not self.encoder.knows(event.item_id):
-                m.unknown_items.labels(event_type=event_type).inc()
-            state.vector = self.encoder.step(state.vector, event.type, event.item_id, event.query)
+            if m and event.item_id is not None:
+                self._score_last_list(m, event, state)
+            state.vector = self.encoder.step(state.vector, event.type, event.item_id, text)
             state.remember(event.type, event.item_id, event.event_id, event.ts, self.rules.history_size,
                            self.rules.max_purchased)
-            states[event.user_id] = state.to_bytes()
-        t2 = time.perf_counter()
-        # 3. Query vector.
-        query = self.encoder.query_vector(state.vector)
         t3 = time.perf_counter()
-        # 4. Search, never returning what the user already bought.
+        # 4. Query vector.
+        query = self.encoder.query_vector(state.vector)
+        t4 = time.perf_counter()
+        # 5. Search, never returning what the user already bought.
         excluded = set(state.purchased)
         candidates = self.index.search(query, self.rules.top_k, exclude=excluded)
-        t4 = time.perf_counter()
-        # 5. Filter and re-rank.
-        items = rerank(candidates, excluded, self.rules.top_k)
-        # 6. The list.
-        rec = self._recommendation(event, items)
         t5 = time.perf_counter()
+        # 6. Filter and re-rank.
+        items = rerank(candidates, excluded, self.rules.top_k)
+        # 7. The list; the state (with the list it got) is stored once per event.
+        rec = self._recommendation(event, items)
+        state.last_list = [it.item_id for it in items]
+        states[event.user_id] = state.to_bytes()
+        t6 = time.perf_counter()
         if m:
-            for stage, seconds in (("decode", t1 - t0), ("state", t2 - t1), ("query", t3 - t2),
-                                   ("search", t4 - t3), ("rerank", t5 - t4)):
+            if text is not None:
+                m.stage.labels(stage="text_encode").observe(t2 - t1)
+            for stage, seconds in (("decode", t1 - t0), ("state", t3 - t2), ("query", t4 - t3),
+                                   ("search", t5 - t4), ("rerank", t6 - t5)):
                 m.stage.labels(stage=stage).observe(seconds)
             m.lists.labels(event_type=event.type).inc()
             m.event_to_recommendation.labels(event_type=event.type).observe(max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
+
+    def _score_last_list(self, m: Metrics, event: Event, state: UserState) -> None:
+        """Count a hit when the clicked/purchased item was in the list the user last received."""
+        if not state.last_list:
+            return
+        k = str(self.rules.top_k)
+        m.live_opportunities.labels(event_type=event.type, k=k).inc()
+        if event.item_id in state.last_list:
+            m.live_hits.labels(event_type=event.type, k=k).inc()
 
     def _recommendation(self, event: Event, items: list[RecommendedItem]) -> Recommendation:
         return Recommendation(user_id=event.user_id, items=tuple(items), model_version=self.encoder.version,
@@ -133,7 +149,7 @@ class Recommender:
         if state.model_version != self.encoder.version or state.vector.shape != (self.encoder.state_size,):
             vector = self.encoder.initial_state()
             for kind, item in state.recent:
-                vector = self.encoder.step(vector, kind, item, None)
+                vector = self.encoder.step(vector, kind, item)
             state.vector, state.model_version = vector, self.encoder.version
         return state
 

@@ -28,6 +28,7 @@ class UserState:
     recent: list[tuple[str, str]] = field(default_factory=list)  # (event type, item id), oldest first
     purchased: list[str] = field(default_factory=list)  # purchased item ids, oldest first
     seen_event_ids: list[str] = field(default_factory=list)
+    last_list: list[str] = field(default_factory=list)  # item ids of the last list sent (live hit-rate)
     events: int = 0
     last_ts: float = 0.0
 
@@ -53,7 +54,8 @@ class UserState:
         return orjson.dumps({
             "f": STATE_FORMAT, "m": self.model_version,
             "v": base64.b64encode(self.vector.astype(np.float32).tobytes()).decode(),
-            "r": self.recent, "p": self.purchased, "s": self.seen_event_ids, "n": self.events, "t": self.last_ts,
+            "r": self.recent, "p": self.purchased, "s": self.seen_event_ids, "l": self.last_list,
+            "n": self.events, "t": self.last_ts,
         })
 
     @staticmethod
@@ -69,6 +71,7 @@ class UserState:
                 recent=[(t, i) for t, i in body["r"]],
                 purchased=list(body["p"]),
                 seen_event_ids=list(body["s"]),
+                last_list=list(body.get("l", [])),
                 events=int(body["n"]),
                 last_ts=float(body["t"]),
             )

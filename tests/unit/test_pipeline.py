@@ -119,3 +119,21 @@ def test_state_of_another_model_is_rebuilt_from_history(recommender: Recommender
     rebuilt = recommender._load_state(stale.to_bytes())
     assert rebuilt.model_version == recommender.encoder.version
     assert abs(rebuilt.vector - expected).max() < 1e-5
+
+
+def test_live_hit_rate_counts_items_from_the_last_list(recommender: Recommender) -> None:
+    states: dict[str, bytes] = {}
+    key, raw = click("u8", recommender.encoder.item_ids[0], "e0")
+    first = recommender.handle("click", raw, key, Source("clicks", 0, 0), states).recommendation
+    assert first is not None
+    registry = recommender.metrics.registry  # type: ignore[union-attr]
+    labels = {"event_type": "click", "k": "10"}
+    assert registry.get_sample_value("streamrec_live_opportunities_total", labels) is None  # no list before
+    key, raw = click("u8", first.items[2].item_id, "e1")  # in the list: a hit
+    second = recommender.handle("click", raw, key, Source("clicks", 0, 1), states).recommendation
+    assert second is not None
+    miss = next(i for i in recommender.encoder.item_ids if i not in {x.item_id for x in second.items})
+    key, raw = click("u8", miss, "e2")
+    recommender.handle("click", raw, key, Source("clicks", 0, 2), states)
+    assert registry.get_sample_value("streamrec_live_opportunities_total", labels) == 2
+    assert registry.get_sample_value("streamrec_live_hits_total", labels) == 1
