@@ -1,23 +1,22 @@
 """The serving face of a trained model: numpy in, numpy out, one event at a time.
 
-The worker never touches torch directly; this adapter owns the no-grad context, the id -> row map and
-the query tokeniser, so the data path stays model-agnostic.
+The worker never calls torch: the model's weights are copied into a numpy step (encoders/gru.py), and this
+adapter owns the id -> row map and the query tokeniser, so the data path stays model-agnostic.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from encoders.artifact import ModelArtifact
-from encoders.gru import TYPE_IDS, query_tokens
+from encoders.gru import TYPE_IDS, NumpyRecurrentStep, query_tokens
 
 
 class UserEncoder:
     """Steps a user's recurrent state and turns it into a query vector for the item index."""
 
     def __init__(self, artifact: ModelArtifact) -> None:
-        self.model = artifact.model.eval()
+        self._step = NumpyRecurrentStep(artifact.model.eval())
         self.version = artifact.version
         self.item_ids = artifact.item_ids
         self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
@@ -40,23 +39,22 @@ class UserEncoder:
         """The model's input form of a search query (hashed token ids for this model)."""
         return np.asarray(query_tokens(query, self._buckets, self._max_tokens), dtype=np.int64)
 
-    @torch.inference_mode()
     def step(self, state: np.ndarray, event_type: str, item_id: str | None,
              text: np.ndarray | None = None) -> np.ndarray:
         """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step
         with the type alone)."""
         row = self._rows.get(item_id, 0) if item_id is not None else 0
         tokens = self._no_text if text is None else text
-        new = self.model.step(torch.from_numpy(state.reshape(1, -1)), torch.tensor([row]),
-                              torch.tensor([TYPE_IDS[event_type]]), torch.from_numpy(tokens.reshape(1, -1)))
-        return new[0].numpy().copy()
+        new = self._step.step(state.reshape(1, -1), np.array([row]), np.array([TYPE_IDS[event_type]]),
+                              tokens.reshape(1, -1))
+        out: np.ndarray = new[0]
+        return out
 
-    @torch.inference_mode()
     def query_vector(self, state: np.ndarray) -> np.ndarray:
         """The vector searched in the item index (inner product)."""
-        return self.model.query(torch.from_numpy(state.reshape(1, -1)))[0].numpy().copy()
+        out: np.ndarray = self._step.query(state.reshape(1, -1))[0]
+        return out
 
-    @torch.inference_mode()
     def item_vectors(self) -> np.ndarray:
         """(n_items, dim) item embeddings in ``item_ids`` order."""
-        return self.model.item_vectors().numpy().copy()
+        return self._step.item_emb[1:]

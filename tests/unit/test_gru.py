@@ -39,3 +39,26 @@ def test_query_tokens_are_stable_and_padded() -> None:
     a = query_tokens("Dark Comedy!", 1000, 4)
     assert a == query_tokens("dark comedy", 1000, 4)
     assert a[2:] == [0, 0] and all(0 < t < 1000 for t in a[:2])
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_numpy_serving_step_equals_torch(cell: str) -> None:
+    import numpy as np
+
+    from encoders.gru import NumpyRecurrentStep
+
+    torch.manual_seed(1)
+    model = RecurrentModel(RecurrentConfig(n_items=40, cell=cell, dim=16, hidden=12)).eval()
+    fast = NumpyRecurrentStep(model)
+    state_t = model.initial_state(3)
+    state_n = state_t.numpy().copy()
+    for t in range(10):
+        rows = torch.tensor([t % 41, 0, (7 * t) % 41])
+        types = torch.tensor([1, 2, 3])
+        tokens = torch.tensor([[0] * 8, query_tokens("noir detective", 16384, 8), [0] * 8])
+        with torch.no_grad():
+            state_t = model.step(state_t, rows, types, tokens)
+            query_t = model.query(state_t)
+        state_n = fast.step(state_n, rows.numpy(), types.numpy(), tokens.numpy())
+        assert np.abs(state_n - state_t.numpy()).max() <= 1e-5
+        assert np.abs(fast.query(state_n) - query_t.numpy()).max() <= 1e-5
