@@ -22,7 +22,7 @@ class HnswIndex:
     """HNSW over item vectors; thread-safe; grows as items arrive; deletes by marking."""
 
     def __init__(self, dim: int, m: int = 16, ef_construction: int = 200, ef: int = 100,
-                 capacity: int = 1024, seed: int = 100) -> None:
+                 capacity: int = 1024, seed: int = 100, build_threads: int = 1) -> None:
         self.dim = dim
         self.m = m
         self.ef_construction = ef_construction
@@ -31,7 +31,8 @@ class HnswIndex:
         self._index.init_index(max_elements=max(capacity, 16), M=m, ef_construction=ef_construction,
                                random_seed=seed, allow_replace_deleted=True)
         self._index.set_ef(ef)
-        self._index.set_num_threads(1)  # deterministic builds; workers are single-threaded anyway
+        # One thread gives deterministic builds (workers and tests); benchmarks of big builds may use more.
+        self._index.set_num_threads(build_threads)
         self._labels: dict[str, int] = {}  # external id -> hnsw label (live items only)
         self._ids: dict[int, str] = {}  # hnsw label -> external id (live items only)
         self._next_label = 0

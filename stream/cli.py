@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--from-beginning", action="store_true")
     tl.add_argument("--idle", type=float, default=None, help="exit after this many idle seconds")
 
+    bench = sub.add_parser("bench", help="benchmarks that print JSON lines")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bi = bench_sub.add_parser("index", help="HNSW vs brute force: build time, bytes/item, recall@10, QPS")
+    bi.add_argument("--items", type=int, default=100_000)
+    bi.add_argument("--dim", type=int, default=64)
+    bi.add_argument("--queries", type=int, default=500)
+    bi.add_argument("--build-threads", type=int, default=1, help="threads for the HNSW build (queries: 1)")
+
     d = sub.add_parser("demo", help="broker + model + worker + replay, printing live lists and latency")
     d.add_argument("--events", type=int, default=2000, help="events to replay")
     d.add_argument("--rate", type=float, default=200.0, help="events per second")
@@ -178,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             return _replay(settings, args)
         if args.command == "tail":
             asyncio.run(_tail(settings, args.user, args.from_beginning, args.idle))
+            return 0
+        if args.command == "bench":
+            from index.bench import bench_index
+
+            for row in bench_index(args.items, args.dim, queries=args.queries, m=settings.hnsw_m,
+                                   ef_construction=settings.hnsw_ef_construction, ef=settings.hnsw_ef,
+                                   build_threads=args.build_threads):
+                print(json.dumps(row), flush=True)
             return 0
         from stream.demo import run_demo
 

@@ -6,30 +6,24 @@ from pathlib import Path
 
 import numpy as np
 
+from index.bench import bench_index, clustered_vectors
 from index.brute import BruteForceIndex
 from index.hnsw import HnswIndex
 
 
-def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    """Structured vectors (clusters, same centres for every seed), closer to learned embeddings than noise."""
-    centres = np.random.default_rng(0).normal(size=(32, dim))
-    rng = np.random.default_rng(seed)
-    return (centres[rng.integers(0, 32, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
-
-
 def test_hnsw_recall_at_10_vs_brute_force() -> None:
-    vectors = clustered(5000, 32)
+    vectors = clustered_vectors(5000, 32)
     ids = [f"i{n}" for n in range(len(vectors))]
     hnsw, brute = HnswIndex(32, capacity=100), BruteForceIndex(32)  # capacity 100 forces growth
     hnsw.add(ids, vectors)
     brute.add(ids, vectors)
-    queries = clustered(200, 32, seed=1)
+    queries = clustered_vectors(200, 32, seed=1)
     hits = sum(len({i for i, _ in hnsw.search(q, 10)} & {i for i, _ in brute.search(q, 10)}) for q in queries)
     assert hits / (10 * len(queries)) >= 0.98
 
 
 def test_exclusions_still_fill_k() -> None:
-    vectors = clustered(500, 16)
+    vectors = clustered_vectors(500, 16)
     ids = [str(n) for n in range(500)]
     index = HnswIndex(16)
     index.add(ids, vectors)
@@ -41,7 +35,7 @@ def test_exclusions_still_fill_k() -> None:
 
 
 def test_remove_replace_and_round_trip(tmp_path: Path) -> None:
-    vectors = clustered(300, 8)
+    vectors = clustered_vectors(300, 8)
     ids = [str(n) for n in range(300)]
     for index in (HnswIndex(8), BruteForceIndex(8)):
         index.add(ids, vectors)
@@ -61,3 +55,11 @@ def test_remove_replace_and_round_trip(tmp_path: Path) -> None:
     brute.add(ids, vectors)
     brute.save(tmp_path / "b")
     assert BruteForceIndex.load(tmp_path / "b").search(vectors[3], 5) == brute.search(vectors[3], 5)
+
+
+def test_bench_index_reports_both_implementations() -> None:
+    rows = bench_index(items=2000, dim=16, queries=50)
+    assert [r["impl"] for r in rows] == ["brute", "hnsw"]
+    brute, hnsw = rows
+    assert brute["recall_at_10"] == 1.0 and hnsw["recall_at_10"] >= 0.95
+    assert all(r["qps"] > 0 and r["bytes_per_item"] > 16 * 4 for r in rows)
