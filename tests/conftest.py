@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
 
 from encoders.artifact import ModelArtifact, load_artifact, save_artifact
+from encoders.serving import UserEncoder
 from encoders.training import TrainConfig, train
+from index.brute import BruteForceIndex
 from stream.datasets import load_events
+from stream.metrics import Metrics
+from stream.pipeline import Recommender, Rules
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -38,3 +43,12 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
 def artifact(artifact_dir: Path) -> ModelArtifact:
     """A freshly loaded copy of the shared artifact (tests may mutate it)."""
     return load_artifact(artifact_dir)
+
+
+@pytest.fixture()
+def recommender(artifact: ModelArtifact) -> Recommender:
+    """The data path over the real artifact, an exact index and a fresh metrics registry."""
+    encoder = UserEncoder(artifact)
+    index = BruteForceIndex(encoder.dim)
+    index.add(encoder.item_ids, encoder.item_vectors())
+    return Recommender(encoder, index, Rules(top_k=10), Metrics(CollectorRegistry()), clock=lambda: 1_700_000_000.0)

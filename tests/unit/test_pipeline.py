@@ -5,26 +5,12 @@ from __future__ import annotations
 import base64
 
 import orjson
-import pytest
-from prometheus_client import CollectorRegistry
 
-from encoders.artifact import ModelArtifact
-from encoders.serving import UserEncoder
-from index.brute import BruteForceIndex
-from stream.metrics import Metrics
-from stream.pipeline import Recommender, Rules
+from stream.pipeline import Recommender
 from stream.schemas import Source
 from stream.state import UserState
 
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture()
-def recommender(artifact: ModelArtifact) -> Recommender:
-    encoder = UserEncoder(artifact)
-    index = BruteForceIndex(encoder.dim)
-    index.add(encoder.item_ids, encoder.item_vectors())
-    return Recommender(encoder, index, Rules(top_k=10), Metrics(CollectorRegistry()), clock=lambda: NOW)
 
 
 def click(user: str, item: str, event_id: str, kind: str = "click") -> tuple[bytes, bytes]:
