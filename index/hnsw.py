@@ -17,6 +17,9 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+# Above this many excluded items present in the index, search with a filter callable instead of over-fetching.
+FILTER_THRESHOLD = 100
+
 
 class HnswIndex:
     """HNSW over item vectors; thread-safe; grows as items arrive; deletes by marking."""
@@ -66,25 +69,50 @@ class HnswIndex:
                     self._index.mark_deleted(label)
 
     def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
-        """Top-k by inner product, skipping excluded ids: over-fetches by the excluded items present."""
+        """Top-k by inner product, never an excluded id.
+
+        Few exclusions: over-fetch k + excluded and drop them (cheapest). Many: hnswlib's filter callable,
+        which measured 2.3x faster at 1,000 exclusions on 50k items (0.12 vs 0.14 ms at 10; see README).
+        """
+        q = np.asarray(query, np.float32).reshape(1, self.dim)
         with self._lock:
             live = len(self._labels)
             if live == 0:
                 return []
-            blocked = sum(1 for item in exclude if item in self._labels)
-            fetch = min(k + blocked, live)
-            self._index.set_ef(max(self.ef, fetch))
-            labels, distances = self._index.knn_query(np.asarray(query, np.float32).reshape(1, self.dim), k=fetch)
+            blocked = {self._labels[item] for item in exclude if item in self._labels}
             ids = self._ids
+            if len(blocked) > FILTER_THRESHOLD:
+                fetch = min(k, live - len(blocked))
+                if fetch <= 0:
+                    return []
+                labels, distances = self._filtered_query(q, fetch, blocked, live)
+            else:
+                fetch = min(k + len(blocked), live)
+                self._index.set_ef(max(self.ef, fetch))
+                labels, distances = self._index.knn_query(q, k=fetch)
         out: list[tuple[str, float]] = []
         for label, distance in zip(labels[0], distances[0], strict=True):
+            if int(label) in blocked:
+                continue
             item = ids.get(int(label))
-            if item is None or item in exclude:
+            if item is None:
                 continue
             out.append((item, 1.0 - float(distance)))  # hnswlib's ip distance is 1 - <q, v>
             if len(out) == k:
                 break
         return out
+
+    def _filtered_query(self, q: np.ndarray, k: int, blocked: set[int],
+                        live: int) -> tuple[np.ndarray, np.ndarray]:
+        """knn_query with a filter; when the beam finds fewer than k allowed items, widen it to all."""
+        for ef in (max(self.ef, k), live):
+            self._index.set_ef(ef)
+            try:
+                labels, distances = self._index.knn_query(q, k=k, filter=lambda label: label not in blocked)
+                return labels, distances
+            except RuntimeError:  # "Cannot return the results in a contiguous 2D array": too few found
+                continue
+        raise RuntimeError(f"HNSW search found fewer than {k} allowed items among {live}")
 
     def save(self, path: Path) -> None:
         """Write index.bin and meta.json (parameters and the id map) into the folder."""

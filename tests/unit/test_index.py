@@ -32,6 +32,10 @@ def test_exclusions_still_fill_k() -> None:
     assert len(got) == 10 and not {i for i, _ in got} & set(top[:40])
     scores = [s for _, s in got]
     assert scores == sorted(scores, reverse=True)
+    many = {i for i, _ in index.search(vectors[0], 400)[:300]}  # past the threshold: the filter-callable path
+    got = index.search(vectors[0], 10, exclude=many)
+    assert len(got) == 10 and not {i for i, _ in got} & many
+    assert len(index.search(vectors[0], 10, exclude=set(ids[5:]))) == 5  # only five items left
 
 
 def test_remove_replace_and_round_trip(tmp_path: Path) -> None:
