@@ -1,13 +1,16 @@
 """Full-ranking next-item evaluation on the held-out later period (no sampled negatives).
 
-For every held-out item event, the model ranks all items given the user's whole history up to it;
-hit-rate@k, NDCG@k and MRR are averaged over those events. Items unknown to the model count as misses.
-The popularity baseline ranks by pre-cutoff counts, on the same events.
+Every click/purchase at or after the temporal cutoff is a prediction target: each scorer ranks all items
+given the user's history before that event (training-period events included). Items the model never saw
+count as misses. Metrics: Recall@10/@20 (hit rate, one target per event), NDCG@10, MRR@20, catalog
+coverage@20 (share of items that appear in any top 20) and novelty (mean -log2 of the training-period
+popularity share of the recommended top 20). Baselines are scored on exactly the same events.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,55 +18,74 @@ import torch
 from encoders.gru import RecurrentModel
 from encoders.sequences import UserSequence
 
-
-def _rank_metrics(ranks: list[int], k: int) -> dict[str, float]:
-    """Ranks are 0-based positions of the target (a huge rank for misses)."""
-    if not ranks:
-        return {f"hit_rate_at_{k}": 0.0, f"ndcg_at_{k}": 0.0, "mrr": 0.0, "events": 0}
-    r = np.asarray(ranks, dtype=np.float64)
-    return {
-        f"hit_rate_at_{k}": float(np.mean(r < k)),
-        f"ndcg_at_{k}": float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0))),
-        "mrr": float(np.mean(1.0 / (r + 1.0))),
-        "events": len(ranks),
-    }
+SEARCH = 2
+# scores(sequence, positions) -> (P, n_items + 1): scores for the event at each position, from events before it
+Scorer = Callable[[UserSequence, list[int]], np.ndarray]
 
 
-@torch.inference_mode()
-def evaluate(model: RecurrentModel, sequences: dict[str, UserSequence], cutoff: float,
-             k: int = 10, max_events: int = 20_000) -> dict[str, dict[str, float]]:
-    """Metrics of the model and of the popularity baseline on events at or after the cutoff."""
-    model.eval()
-    n_items = model.config.n_items
-    popularity = np.zeros(n_items + 1, dtype=np.float64)
-    for seq in sequences.values():
-        n = int(np.searchsorted(seq.ts, cutoff, side="left"))
-        np.add.at(popularity, seq.items[:n], 1.0)
-    popularity[0] = -math.inf
-    pop_rank = np.empty(n_items + 1, dtype=np.int64)
-    pop_rank[np.argsort(-popularity, kind="stable")] = np.arange(n_items + 1)
+def model_scorer(model: RecurrentModel) -> Scorer:
+    """A scorer running the model once over the whole sequence and reading the query before each target."""
 
-    item_vectors = model.item_emb.weight  # (n_items + 1, dim)
-    model_ranks: list[int] = []
-    base_ranks: list[int] = []
-    for user in sorted(sequences):
-        seq = sequences[user]
-        first = int(np.searchsorted(seq.ts, cutoff, side="left"))
-        positions = [t for t in range(max(first, 1), len(seq.ts)) if seq.types[t] != 2]  # item events only
-        if not positions:
-            continue
+    @torch.inference_mode()
+    def scores(seq: UserSequence, positions: list[int]) -> np.ndarray:
+        model.eval()
         queries, _ = model(torch.from_numpy(seq.items[None]), torch.from_numpy(seq.types[None]),
                            torch.from_numpy(seq.tokens[None]))  # (1, T, dim)
-        for t in positions:
-            target = int(seq.items[t])
-            if target == 0:
-                model_ranks.append(n_items)
-                base_ranks.append(n_items)
-                continue
-            scores = item_vectors @ queries[0, t - 1]  # (n_items + 1,)
-            scores[0] = -math.inf
-            model_ranks.append(int((scores > scores[target]).sum()))
-            base_ranks.append(int(pop_rank[target]))
-        if len(model_ranks) >= max_events:
+        before = torch.as_tensor([t - 1 for t in positions])
+        out: np.ndarray = (queries[0, before] @ model.item_emb.weight.T).numpy()  # (P, n_items + 1)
+        return out
+
+    return scores
+
+
+def target_positions(seq: UserSequence, cutoff: float) -> list[int]:
+    """Held-out item events that have at least one event before them."""
+    first = max(int(np.searchsorted(seq.ts, cutoff, side="left")), 1)
+    return [t for t in range(first, len(seq.ts)) if seq.types[t] != SEARCH]
+
+
+def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cutoff: float, n_items: int,
+             popularity: np.ndarray, max_events: int = 50_000) -> dict[str, dict[str, float]]:
+    """Metrics per scorer name on the same held-out events (users in sorted order, capped at max_events)."""
+    share = popularity[1:] / max(popularity[1:].sum(), 1.0)
+    self_info = np.concatenate([[0.0], -np.log2(np.maximum(share, 1e-12))])
+    ranks: dict[str, list[int]] = {name: [] for name in scorers}
+    seen: dict[str, set[int]] = {name: set() for name in scorers}
+    novelty: dict[str, list[float]] = {name: [] for name in scorers}
+    events = 0
+    for user in sorted(sequences):
+        seq = sequences[user]
+        positions = target_positions(seq, cutoff)
+        if not positions:
+            continue
+        targets = seq.items[positions]
+        for name, scorer in scorers.items():
+            scores = np.array(scorer(seq, positions), dtype=np.float64)
+            scores[:, 0] = -math.inf  # padding / unknown is never recommended
+            top = np.argpartition(-scores, 20, axis=1)[:, :20]
+            for p, target in enumerate(targets):
+                seen[name].update(int(i) for i in top[p])
+                novelty[name].append(float(self_info[top[p]].mean()))
+                if target == 0:
+                    ranks[name].append(n_items)  # an item first seen after the cutoff: a miss
+                else:
+                    ranks[name].append(int((scores[p] > scores[p, target]).sum()))
+        events += len(positions)
+        if events >= max_events:
             break
-    return {"model": _rank_metrics(model_ranks, k), "popularity": _rank_metrics(base_ranks, k)}
+    return {name: _metrics(ranks[name], len(seen[name]), n_items, novelty[name]) for name in scorers}
+
+
+def _metrics(ranks: list[int], covered: int, n_items: int, novelty: list[float]) -> dict[str, float]:
+    r = np.asarray(ranks, dtype=np.float64)
+    if r.size == 0:
+        return {"events": 0}
+    return {
+        "recall@10": float(np.mean(r < 10)),
+        "recall@20": float(np.mean(r < 20)),
+        "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0))),
+        "mrr@20": float(np.mean(np.where(r < 20, 1.0 / (r + 1.0), 0.0))),
+        "coverage@20": covered / max(n_items, 1),
+        "novelty": float(np.mean(novelty)),
+        "events": int(r.size),
+    }

@@ -87,9 +87,12 @@ class RecurrentModel(nn.Module):
         queries = self.out(hidden)  # (B, T, dim)
         if targets is None:
             return queries, None
-        logits = queries @ self.item_emb.weight.T  # (B, T, n_items + 1)
-        logits[..., 0] = float("-inf")  # never predict padding
-        loss = functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)
+        has_target = targets != 0  # score only positions with a next item: short sessions are mostly padding
+        if not bool(has_target.any()):
+            return queries, queries.sum() * 0.0
+        logits = queries[has_target] @ self.item_emb.weight.T  # (N, n_items + 1)
+        logits[:, 0] = float("-inf")  # never predict padding
+        loss = functional.cross_entropy(logits, targets[has_target])
         return queries, loss
 
     def initial_state(self, batch: int = 1) -> Tensor:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.evaluation import evaluate
+from encoders.baselines import ItemKnn, Popularity
+from encoders.evaluation import evaluate, model_scorer
 from encoders.gru import RecurrentConfig, RecurrentModel
 from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
 from stream.datasets import DatasetEvent
@@ -77,6 +78,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", dim: int = 64, hidd
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
             items, types, tokens, targets = (a[idx] for a in arrays)
+            length = int((types != 0).sum(dim=1).max())  # windows are padded at the end: trim the batch
+            items, types, tokens, targets = (a[:, :length] for a in (items, types, tokens, targets))
             _, loss = model(items, types, tokens, targets)
             assert loss is not None
             optimiser.zero_grad()
@@ -88,7 +91,10 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", dim: int = 64, hidd
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / n)
     bar.close()
-    quality = evaluate(model, sequences, cutoff, max_events=config.max_eval_events)
+    popularity = Popularity(sequences, cutoff, len(vocabulary))
+    knn = ItemKnn(sequences, cutoff, len(vocabulary))
+    quality = evaluate({cell: model_scorer(model), "popularity": popularity.scores, "item_knn": knn.scores},
+                       sequences, cutoff, len(vocabulary), popularity.counts, max_events=config.max_eval_events)
     model.eval()
     metrics = {
         "split": {"kind": "temporal", "test_fraction": config.test_fraction, "cutoff_ts": cutoff,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import faust
 import torch
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from encoders.artifact import load_artifact, resolve_artifact
 from encoders.serving import UserEncoder
@@ -54,6 +54,7 @@ def build_recommender(settings: Settings, metrics: Metrics | None) -> Recommende
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
     """Build the Faust app with its topics, the changelog-backed user-state table and one agent per input."""
     registry = registry or CollectorRegistry()
+    ProcessCollector(registry=registry)  # CPU, memory, start time: restarts show on the dashboard
     metrics = Metrics(registry)
     metrics.latency_slo.set(settings.latency_slo_s)
     k = str(settings.top_k)
@@ -107,6 +108,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def report_lag() -> None:
         """Lag = end offset - next offset to process, per assigned input partition; users in state."""
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
+        metrics.consumer_lag.clear()  # partitions this worker lost in a rebalance must not linger
         if assigned:
             ends = await app.consumer.highwaters(*assigned)
             for tp in assigned:

@@ -95,6 +95,8 @@ class Recommender:
         else:
             if m and event.item_id is not None:
                 self._score_last_list(m, event, state)
+                if not self.encoder.knows(event.item_id):
+                    m.unknown_items.labels(event_type=event.type).inc()
             state.vector = self.encoder.step(state.vector, event.type, event.item_id, text)
             state.remember(event.type, event.item_id, event.event_id, event.ts, self.rules.history_size,
                            self.rules.max_purchased)

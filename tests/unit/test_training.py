@@ -19,8 +19,12 @@ def test_artifact_files_and_metrics(artifact_dir: Path) -> None:
     assert art.version == artifact_dir.name and art.version.startswith("gru-diginetica-")
     assert len(art.item_ids) == art.model.config.n_items
     ev = art.metrics["eval"]
-    assert ev["model"]["events"] == ev["popularity"]["events"] > 100
-    assert 0.0 <= ev["model"]["hit_rate_at_10"] <= 1.0
+    assert ev["gru"]["events"] == ev["popularity"]["events"] == ev["item_knn"]["events"] > 100
+    for name in ("gru", "popularity", "item_knn"):
+        m = ev[name]
+        assert 0.0 <= m["recall@10"] <= m["recall@20"] <= 1.0
+        assert 0.0 <= m["mrr@20"] <= m["recall@20"] and 0.0 < m["coverage@20"] <= 1.0 and m["novelty"] > 0
+    assert ev["popularity"]["coverage@20"] < ev["item_knn"]["coverage@20"]  # one list for all vs personal lists
     assert art.metrics["split"]["kind"] == "temporal"
     assert latest_artifact(artifact_dir.parent, "diginetica", "gru") == artifact_dir
 
@@ -62,3 +66,20 @@ def test_datasets_are_time_ordered_with_documented_counts(data_dir: Path) -> Non
     for events in (ml, yc, load_events("diginetica", data_dir)):
         ts = [e.ts for e in events]
         assert ts == sorted(ts)
+
+
+def test_item_knn_recommends_co_occurring_and_repeated_items() -> None:
+    from encoders.baselines import ItemKnn
+    from encoders.sequences import UserSequence
+
+    def seq(items: list[int], start: float) -> UserSequence:
+        n = len(items)
+        return UserSequence(np.array(items), np.ones(n, np.int64), np.zeros((n, 2), np.int64),
+                            np.arange(n, dtype=np.float64) + start)
+
+    train = ({f"u{n}": seq([1, 2, 3], 0.0) for n in range(5)} | {f"w{n}": seq([1, 2], 0.0) for n in range(3)}
+             | {"v": seq([4, 5], 0.0)})
+    knn = ItemKnn(train | {"test": seq([1, 4], 100.0)}, cutoff=50.0, n_items=5)
+    scores = knn.scores(seq([1, 4], 100.0), [1])[0]  # history: item 1
+    assert scores[2] > scores[3] > scores[5] == 0.0  # 2 is with 1 more often than 3; 5 never
+    assert scores[1] > 0  # the item just clicked stays a candidate (repeat-aware)
