@@ -85,7 +85,8 @@ def _settings(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 def _broker(settings: Settings, action: str, nodes: int) -> int:
-    from stream.broker import KafkaJars, LocalKafka, local_nodes
+    from stream.broker import LocalKafka, local_nodes
+    from stream.kafka_jars import KafkaJars
 
     kafka = LocalKafka(settings.home / "kafka", KafkaJars(settings.kafka_jars_dir),
                        local_nodes(settings.bootstrap_servers, nodes))

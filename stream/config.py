@@ -64,7 +64,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9310  # 0 disables the Prometheus endpoint
     log_level: str = "info"
-    torch_threads: int = 1  # torch intra-op threads per worker; one is fastest for single-event steps
+    torch_threads: int = 1  # torch threads in a worker (model loading; the serving step runs in numpy)
 
     # Faust consumer-group timings; low values make workers ready in seconds instead of 30+.
     session_timeout_s: float = 10.0

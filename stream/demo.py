@@ -123,8 +123,9 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users: int = 3) -> int:
     """Run the whole product locally and print what it does; returns an exit code."""
-    from stream.broker import KafkaJars, LocalKafka, local_nodes
+    from stream.broker import LocalKafka, local_nodes
     from stream.datasets import item_titles
+    from stream.kafka_jars import KafkaJars
     from stream.topics import ensure_topics
 
     # Ctrl-C and `kill` both end the demo through the finally below, even when the shell started it with

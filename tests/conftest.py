@@ -9,13 +9,12 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from encoders.artifact import ModelArtifact, load_artifact, save_artifact
+from encoders.artifact import ModelArtifact, load_artifact
 from encoders.serving import UserEncoder
-from encoders.training import TrainConfig, train
 from index.brute import BruteForceIndex
-from stream.datasets import load_events
 from stream.metrics import Metrics
 from stream.pipeline import Recommender, Rules
+from tests.artifacts import small_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -32,11 +31,8 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def artifact_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """A GRU trained for one epoch on real diginetica sessions: small, fast, and a real artifact."""
-    events = load_events("diginetica", data_dir)
-    result = train(events, cell="gru", dim=32, hidden=32, config=TrainConfig(epochs=1, seed=7), progress=False)
-    return save_artifact(result.model, result.item_ids, result.metrics, "diginetica",
-                         tmp_path_factory.mktemp("models"))
+    """The shared test model: trained on diginetica sessions."""
+    return small_artifact("diginetica", data_dir, tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import BrokerNode, KafkaJars, LocalKafka, free_port
+from stream.broker import BrokerNode, LocalKafka, free_port
 from stream.config import Settings
+from stream.kafka_jars import KafkaJars
 from stream.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,8 +18,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from encoders.artifact import save_artifact
-from encoders.training import TrainConfig, train
 from stream.broker import free_port
 from stream.config import Settings
 from stream.consume import wait_until_serving
@@ -27,6 +25,7 @@ from stream.datasets import load_events
 from stream.processes import start_worker, stop_worker
 from stream.replay import replay
 from stream.schemas import Event
+from tests.artifacts import small_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")  # the Debian package `prometheus`
@@ -44,10 +43,7 @@ SLICE_START = 8000
 @pytest.fixture(scope="module")
 def movielens_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A small GRU trained for one epoch on MovieLens, so the replayed items are ones the model knows."""
-    events = load_events("movielens", data_dir)
-    result = train(events, cell="gru", dim=32, hidden=32, config=TrainConfig(epochs=1, seed=7), progress=False)
-    return save_artifact(result.model, result.item_ids, result.metrics, "movielens",
-                         tmp_path_factory.mktemp("movielens-model"))
+    return small_artifact("movielens", data_dir, tmp_path_factory.mktemp("movielens-model"))
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
