@@ -39,3 +39,19 @@ def make_agent(event_type: EventType, recommender: Recommender, states: MutableM
     agent.__name__ = f"{event_type}_agent"
     agent.__qualname__ = agent.__name__
     return agent
+
+
+def make_erasure_agent(recommender: Recommender, states: MutableMapping[str, bytes], recommendations: faust.TopicT,
+                       dead_letters: faust.TopicT) -> AgentFun:
+    """The agent of the erasures topic: forget the user, tombstone the user's list."""
+
+    async def erasure_agent(stream: faust.StreamT[bytes]) -> None:
+        events: AsyncIterator[faust.EventT[bytes]] = stream.events()
+        async for event in events:
+            message = event.message
+            outcome = recommender.erase(message.value, message.key,
+                                        Source(message.topic, message.partition, message.offset), states)
+            target = dead_letters if outcome.dead_letter else recommendations
+            await target.send(key=outcome.key, value=outcome.value)
+
+    return erasure_agent

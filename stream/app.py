@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from encoders.artifact import load_artifact, resolve_artifact
 from encoders.serving import UserEncoder
 from index.hnsw import HnswIndex
-from stream.agents import make_agent
+from stream.agents import make_agent, make_erasure_agent
 from stream.config import Settings
 from stream.errors import ConfigError
 from stream.metrics import Metrics
@@ -61,7 +61,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     for event_type in ("click", "purchase"):  # export zeros from the start, so rates and ratios exist
         metrics.live_hits.labels(event_type=event_type, k=k)
         metrics.live_opportunities.labels(event_type=event_type, k=k)
-    for name in settings.input_topics.values():
+    for name in [*settings.input_topics.values(), settings.topic_erasures]:
         metrics.dead_letters.labels(topic=name)
     recommender = build_recommender(settings, metrics)
     datadir = settings.home / "faust" / settings.app_id
@@ -101,6 +101,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     for event_type, name in settings.input_topics.items():
         body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics, processed)
         app.agent(raw_topic(name), name=f"streamrec.{event_type}")(body)
+    app.agent(raw_topic(settings.topic_erasures), name="streamrec.erase")(
+        make_erasure_agent(recommender, states, recommendations, dead_letters))
 
     inputs = set(settings.input_topics.values())
 

@@ -41,7 +41,8 @@ class Settings:
     topic_items: str = "items"
     topic_recommendations: str = "recommendations"
     topic_dead_letters: str = "dead-letters"
-    # The three input topics, recommendations and the state changelog must share one partition count:
+    topic_erasures: str = "erasures"  # forget-user requests (GDPR), keyed by user like the input events
+    # The input topics (events and erasures), recommendations and the state changelog share one partition count:
     # Faust co-partitions the user-state table with its source topics by user key.
     partitions: int = 4
     items_partitions: int = 1

@@ -39,6 +39,9 @@ class Metrics:
         self.unknown_items = Counter(
             "streamrec_worker_unknown_items_total", "Events naming an item the model has no vector for.",
             ["event_type"], registry=registry)
+        self.erasures = Counter(
+            "streamrec_worker_erasures_total", "Users forgotten on request (state deleted, list tombstoned).",
+            registry=registry)
         self.lists = Counter(
             "streamrec_worker_recommendations_total", "Recommendation lists produced, by triggering event type.",
             ["event_type"], registry=registry)

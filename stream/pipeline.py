@@ -17,7 +17,16 @@ from index.base import ItemIndex
 from stream.config import Settings
 from stream.errors import InvalidEvent, StreamrecError
 from stream.metrics import Metrics
-from stream.schemas import Event, EventType, Recommendation, RecommendedItem, Source, dead_letter, decode_event
+from stream.schemas import (
+    Event,
+    EventType,
+    Recommendation,
+    RecommendedItem,
+    Source,
+    dead_letter,
+    decode_erasure,
+    decode_event,
+)
 from stream.state import UserState
 
 log = logging.getLogger(__name__)
@@ -46,7 +55,7 @@ class Outcome:
     """What to send for one input record: a list to ``recommendations`` or a record to ``dead-letters``."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (the user was erased)
     dead_letter: bool
     recommendation: Recommendation | None = None
     reason: str | None = None
@@ -74,14 +83,9 @@ class Recommender:
         try:
             event = decode_event(event_type, raw, source, max_bytes=self.rules.max_event_bytes,
                                  max_future_skew_s=self.rules.max_future_skew_s, now=self.clock())
-            if key is None or key != event.user_id.encode():
-                # The state table is partitioned by the record key; any other key would split a user's state.
-                raise InvalidEvent("key_mismatch", "the record key must be the user_id")
+            _check_key(key, event.user_id)
         except InvalidEvent as error:
-            if m:
-                m.invalid.labels(event_type=event_type, reason=error.reason).inc()
-                m.dead_letters.labels(topic=source.topic).inc()
-            return Outcome(key, dead_letter(raw, key, error, source, self.clock()), True, reason=error.reason)
+            return self._rejected(event_type, error, raw, key, source)
         t1 = time.perf_counter()
         # 2. Encode the search text (searches only).
         text = self.encoder.encode_text(event.query) if event.query is not None else None
@@ -125,6 +129,32 @@ class Recommender:
             m.event_to_recommendation.labels(event_type=event.type).observe(max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
 
+    def erase(self, raw: bytes | None, key: bytes | None, source: Source,
+              states: MutableMapping[str, bytes]) -> Outcome:
+        """Forget a user (GDPR erasure): drop the state and answer with a tombstone for the user's list."""
+        m = self.metrics
+        if m:
+            m.events.labels(event_type="erase").inc()
+        try:
+            erasure = decode_erasure(raw, source, max_bytes=self.rules.max_event_bytes,
+                                     max_future_skew_s=self.rules.max_future_skew_s, now=self.clock())
+            _check_key(key, erasure.user_id)
+        except InvalidEvent as error:
+            return self._rejected("erase", error, raw, key, source)
+        if erasure.user_id in states:
+            del states[erasure.user_id]  # Faust writes a changelog tombstone, so restores forget it too
+        if m:
+            m.erasures.inc()
+        return Outcome(erasure.user_id.encode(), None, False)
+
+    def _rejected(self, event_type: str, error: InvalidEvent, raw: bytes | None, key: bytes | None,
+                  source: Source) -> Outcome:
+        """Count an invalid record and wrap it as a dead letter."""
+        if self.metrics:
+            self.metrics.invalid.labels(event_type=event_type, reason=error.reason).inc()
+            self.metrics.dead_letters.labels(topic=source.topic).inc()
+        return Outcome(key, dead_letter(raw, key, error, source, self.clock()), True, reason=error.reason)
+
     def _score_last_list(self, m: Metrics, event: Event, state: UserState) -> None:
         """Count a hit when the clicked/purchased item was in the list the user last received."""
         if not state.last_list:
@@ -154,6 +184,12 @@ class Recommender:
                 vector = self.encoder.step(vector, kind, item)
             state.vector, state.model_version = vector, self.encoder.version
         return state
+
+
+def _check_key(key: bytes | None, user_id: str) -> None:
+    """The state table is partitioned by the record key; any other key would split a user's state."""
+    if key is None or key != user_id.encode():
+        raise InvalidEvent("key_mismatch", "the record key must be the user_id")
 
 
 def rerank(candidates: list[tuple[str, float]], excluded: set[str], k: int) -> list[RecommendedItem]:

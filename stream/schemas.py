@@ -63,6 +63,20 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Erasure:
+    """A request to forget a user (GDPR erasure): the state goes, the user's list becomes a tombstone."""
+
+    user_id: str
+    ts: float
+    event_id: str
+
+    def to_json(self) -> bytes:
+        """The wire format (topic ``erasures``, keyed by user id)."""
+        return orjson.dumps({"schema_version": SCHEMA_VERSION, "user_id": self.user_id, "ts": self.ts,
+                             "event_id": self.event_id})
+
+
+@dataclass(frozen=True, slots=True)
 class RecommendedItem:
     """One entry of a list: the item and its retrieval score (higher is better)."""
 
@@ -138,24 +152,8 @@ def decode_event(event_type: EventType, raw: bytes | None, source: Source, *, ma
 
     A missing ``event_id`` becomes ``topic-partition-offset``, which is stable when Kafka redelivers.
     """
-    if raw is None:
-        raise InvalidEvent("missing_field", "record has no value")
-    if len(raw) > max_bytes:
-        raise InvalidEvent("too_large", f"{len(raw)} bytes > max_event_bytes={max_bytes}")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("malformed_json", str(exc)[:200]) from None
-    if not isinstance(body, dict):
-        raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(body).__name__}")
-    version = body.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise InvalidEvent("unsupported_schema_version", f"schema_version={version!r}, supported: {SCHEMA_VERSION}")
-    user_id = _identifier(body, "user_id", required=True)
-    ts = _timestamp(body, max_future_skew_s, time.time() if now is None else now)
-    event_id = _identifier(body, "event_id", required=False) or f"{source.topic}-{source.partition}-{source.offset}"
+    body, user_id, ts, event_id = _envelope(raw, source, max_bytes, max_future_skew_s, now)
     session_id = _identifier(body, "session_id", required=False)
-    assert user_id is not None
     if event_type == "search":
         query = body.get("query")
         if query is None:
@@ -182,6 +180,36 @@ def decode_event(event_type: EventType, raw: bytes | None, source: Source, *, ma
         price = float(price)
     return Event("purchase", user_id, ts, event_id, item_id=item_id, session_id=session_id,
                  quantity=quantity, price=price)
+
+
+def decode_erasure(raw: bytes | None, source: Source, *, max_bytes: int = 65536,
+                   max_future_skew_s: float = 86_400.0, now: float | None = None) -> Erasure:
+    """Parse and validate an erasure request; raise InvalidEvent with a reason code."""
+    _, user_id, ts, event_id = _envelope(raw, source, max_bytes, max_future_skew_s, now)
+    return Erasure(user_id, ts, event_id)
+
+
+def _envelope(raw: bytes | None, source: Source, max_bytes: int, max_future_skew_s: float,
+              now: float | None) -> tuple[dict[str, Any], str, float, str]:
+    """The checks every input record shares: size, JSON object, schema version, user_id, ts, event_id."""
+    if raw is None:
+        raise InvalidEvent("missing_field", "record has no value")
+    if len(raw) > max_bytes:
+        raise InvalidEvent("too_large", f"{len(raw)} bytes > max_event_bytes={max_bytes}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("malformed_json", str(exc)[:200]) from None
+    if not isinstance(body, dict):
+        raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(body).__name__}")
+    version = body.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise InvalidEvent("unsupported_schema_version", f"schema_version={version!r}, supported: {SCHEMA_VERSION}")
+    user_id = _identifier(body, "user_id", required=True)
+    ts = _timestamp(body, max_future_skew_s, time.time() if now is None else now)
+    event_id = _identifier(body, "event_id", required=False) or f"{source.topic}-{source.partition}-{source.offset}"
+    assert user_id is not None
+    return body, user_id, ts, event_id
 
 
 def _identifier(body: dict[str, Any], name: str, *, required: bool) -> str | None:

@@ -31,6 +31,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_clicks, n),
         TopicSpec(settings.topic_searches, n),
         TopicSpec(settings.topic_purchases, n),
+        TopicSpec(settings.topic_erasures, n),
         TopicSpec(settings.topic_items, settings.items_partitions, (("cleanup.policy", "compact"),)),
         # Keyed by user and compacted: the topic doubles as "the latest list of every user".
         TopicSpec(settings.topic_recommendations, n, (("cleanup.policy", "compact"),)),

@@ -181,3 +181,54 @@ def test_state_survives_a_worker_restart(settings: Settings, store: str) -> None
     expected = [i.item_id for i in out.recommendation.items]
     assert [i.item_id for i in after.items] == expected
     assert not {items[8], items[21]} & {i.item_id for i in after.items}
+
+
+def test_erasure_removes_the_state_and_tombstones_the_list(settings: Settings, worker: None) -> None:
+    from stream.app import STATE_TABLE
+    from stream.schemas import Erasure
+
+    assert settings.model_path is not None
+    artifact = load_artifact(settings.model_path)
+    items = artifact.item_ids
+    user = "erase-me"
+
+    async def last_values(topic: str) -> list[bytes | None]:
+        """Every value recorded for the user's key in a topic, oldest first."""
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        values: list[bytes | None] = []
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=300)).values():
+                values.extend(m.value for m in msgs if m.key == user.encode())
+        await consumer.stop()
+        return values
+
+    async def run() -> tuple[list[bytes | None], list[bytes | None], Recommendation]:
+        reader = RecommendationReader(settings)
+        await reader.start()
+        await send(settings, [(settings.topic_clicks, user.encode(), click(user, items[3], "before-1")),
+                              (settings.topic_clicks, user.encode(), click(user, items[4], "before-2"))])
+        assert len(await collect(reader, {"before-2"}, timeout_s=10)) == 1
+        await send(settings, [(settings.topic_erasures, user.encode(),
+                               Erasure(user, time.time(), "erase-1").to_json())])
+        await asyncio.sleep(2)
+        listed = await last_values(settings.topic_recommendations)
+        changelog = await last_values(f"{settings.app_id}-{STATE_TABLE}-changelog")
+        await send(settings, [(settings.topic_clicks, user.encode(), click(user, items[7], "after-1"))])
+        after = (await collect(reader, {"after-1"}, timeout_s=10))["after-1"]
+        await reader.stop()
+        return listed, changelog, after
+
+    listed, changelog, after = asyncio.run(run())
+    assert listed[-1] is None and any(v is not None for v in listed), "no tombstone after the lists"
+    assert changelog[-1] is None, "the state changelog still holds the user"
+    encoder = UserEncoder(artifact)
+    index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                      ef=settings.hnsw_ef, capacity=len(items))
+    index.add(encoder.item_ids, encoder.item_vectors())
+    fresh = Recommender(encoder, index, Rules.from_settings(settings)).handle(
+        "click", click(user, items[7], "ref"), user.encode(), Source("ref", 0, 0), {})
+    assert fresh.recommendation is not None
+    assert [i.item_id for i in after.items] == [i.item_id for i in fresh.recommendation.items]  # state started over

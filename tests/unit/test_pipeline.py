@@ -123,3 +123,21 @@ def test_live_hit_rate_counts_items_from_the_last_list(recommender: Recommender)
     recommender.handle("click", raw, key, Source("clicks", 0, 2), states)
     assert registry.get_sample_value("streamrec_live_opportunities_total", labels) == 2
     assert registry.get_sample_value("streamrec_live_hits_total", labels) == 1
+
+
+def test_erasure_forgets_the_user_and_tombstones_the_list(recommender: Recommender) -> None:
+    from stream.schemas import Erasure
+
+    states: dict[str, bytes] = {}
+    key, raw = click("u9", recommender.encoder.item_ids[0], "e0")
+    recommender.handle("click", raw, key, Source("clicks", 0, 0), states)
+    assert "u9" in states
+    out = recommender.erase(Erasure("u9", NOW, "x1").to_json(), b"u9", Source("erasures", 0, 0), states)
+    assert not out.dead_letter and out.key == b"u9" and out.value is None  # a tombstone
+    assert "u9" not in states
+    again = recommender.erase(Erasure("u9", NOW, "x2").to_json(), b"u9", Source("erasures", 0, 1), states)
+    assert again.value is None  # erasing an unknown user is fine (idempotent)
+    bad = recommender.erase(b'{"schema_version": 1}', b"u9", Source("erasures", 0, 2), states)
+    assert bad.dead_letter and bad.reason == "missing_field"
+    registry = recommender.metrics.registry  # type: ignore[union-attr]
+    assert registry.get_sample_value("streamrec_worker_erasures_total") == 2
