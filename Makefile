@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # Installed first and alone: the CUDA build from PyPI is ~3 GB; pip's cache keeps later installs quick.
 TORCH_SPEC := torch>=2.4,<3
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test chaos lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ demo: install
 	$(VENV)/bin/streamrec demo
 
 test: install
-	$(VENV)/bin/python -m pytest -ra
+	$(VENV)/bin/python -m pytest -ra --ignore=tests/integration/chaos
+
+# Failure tests (a worker SIGKILLed mid-stream); prints the audit JSON line last.
+chaos: install
+	$(VENV)/bin/python -m pytest -ra -s tests/integration/chaos
 
 lint: install
 	$(VENV)/bin/ruff check stream encoders index tests

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from encoders.artifact import load_artifact
 from encoders.serving import UserEncoder
@@ -20,6 +20,7 @@ from stream.consume import RecommendationReader, wait_until_serving
 from stream.pipeline import Recommender, Rules
 from stream.processes import start_worker, stop_worker
 from stream.schemas import Event, Recommendation, Source
+from tests.streaming import click, collect, send
 
 
 @pytest.fixture()
@@ -33,35 +34,6 @@ def worker(settings: Settings) -> Iterator[None]:
     finally:
         stop_worker(proc)
         print((settings.home / "worker.log").read_text()[-3000:])
-
-
-async def send(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) -> None:
-    """Produce (topic, key, value) records in order."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        for topic, key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def collect(reader: RecommendationReader, wanted: set[str], timeout_s: float) -> dict[str, Recommendation]:
-    """Lists by event id until every wanted event id has one or the time is up."""
-    got: dict[str, Recommendation] = {}
-    deadline = time.time() + timeout_s
-    while wanted - got.keys() and time.time() < deadline:
-        async for rec, _ in reader.records(timeout_s=0.5):
-            if rec.event_id in wanted:
-                got[rec.event_id] = rec
-            if not wanted - got.keys():
-                break
-    return got
-
-
-def click(user: str, item: str, event_id: str) -> bytes:
-    return Event("click", user, time.time(), event_id, item_id=item).to_json()
 
 
 def test_fifty_users_each_get_a_list_within_5_s(settings: Settings, worker: None) -> None:
