@@ -160,7 +160,7 @@ class NumpyRecurrentStep:
         counts = mask.sum(axis=1, keepdims=True)
         if counts.any():  # EmbeddingBag(mode="mean", padding_idx=0): mean over non-padding tokens
             text = (self.query_emb[tokens] * mask[..., None]).sum(axis=1)
-            x = x + text / np.maximum(counts, 1)
+            x = x + text / np.maximum(counts, 1).astype(np.float32)  # int counts would promote to float64
         out: np.ndarray = x
         return out
 

@@ -43,13 +43,15 @@ class AuditReport:
     duplicated: list[str] = field(default_factory=list)
     state_mismatches: list[str] = field(default_factory=list)
     users: int = 0
+    mismatch_details: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Counts, plus the first few ids of each finding for a human to look up."""
         return {"events": self.events, "lost": len(self.lost), "duplicated": len(self.duplicated),
                 "state_mismatches": len(self.state_mismatches), "users_checked": self.users,
                 "examples": {"lost": self.lost[:5], "duplicated": self.duplicated[:5],
-                             "state_mismatches": self.state_mismatches[:5]}}
+                             "state_mismatches": self.state_mismatches[:5]},
+                "mismatch_details": self.mismatch_details[:3]}
 
 
 async def read_topic(settings: Settings, topic: str) -> list[Record]:
@@ -151,6 +153,7 @@ async def audit(settings: Settings, since: float = 0.0) -> AuditReport:
         report.users += 1
         if not _same_state(states[user], stored.get(user)):
             report.state_mismatches.append(user)
+            report.mismatch_details.append(_difference(user, states[user], stored.get(user), answered_order))
     return report
 
 
@@ -164,6 +167,18 @@ def _application_order(answered: list[str], stored: bytes | None) -> list[str]:
     tail = [e for e in UserState.from_bytes(stored).seen_event_ids if e in set(answered)]
     moved = set(tail)
     return [e for e in answered if e not in moved] + tail
+
+
+def _difference(user: str, expected_raw: bytes, actual_raw: bytes | None, answered: list[str]) -> dict[str, Any]:
+    """What differs, for a human reading the audit."""
+    expected = UserState.from_bytes(expected_raw)
+    out: dict[str, Any] = {"user": user, "answered": answered[-8:], "expected_events": expected.events,
+                           "expected_seen": expected.seen_event_ids[-8:]}
+    if actual_raw is not None:
+        actual = UserState.from_bytes(actual_raw)
+        out |= {"stored_events": actual.events, "stored_seen": actual.seen_event_ids[-8:],
+                "same_recent": actual.recent == expected.recent}
+    return out
 
 
 def _same_state(expected_raw: bytes, actual_raw: bytes | None) -> bool:

@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=1000, help="events to send")
     r.add_argument("--skip", type=int, default=0, help="events to skip from the start of the dataset")
 
+    a = sub.add_parser("audit", help="lost, duplicated and state-mismatched events, as one JSON line")
+    a.add_argument("--since", type=float, default=0.0, help="only events with ts >= this Unix time")
+    a.add_argument("--model", dest="model_path", type=Path, default=None, help="the artifact the workers served")
+
+    f = sub.add_parser("forget", help="erase a user (GDPR): state deleted, list tombstoned")
+    f.add_argument("user_id")
+
     tl = sub.add_parser("tail", help="print recommendation lists as they arrive")
     tl.add_argument("--user", default=None, help="only this user id")
     tl.add_argument("--from-beginning", action="store_true")
@@ -71,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     bi.add_argument("--dim", type=int, default=64)
     bi.add_argument("--queries", type=int, default=500)
     bi.add_argument("--build-threads", type=int, default=1, help="threads for the HNSW build (queries: 1)")
+    be = bench_sub.add_parser("encoders", help="CPU per user-event of the GRU/LSTM step; text-encoder queries/s")
+    be.add_argument("--dataset", default="movielens", choices=["movielens"],
+                    help="events stepped through the models; its tags are the text queries")
+    be.add_argument("--events", type=int, default=2000, help="latest events of the dataset to step through")
+    be.add_argument("--batch", type=int, default=256, help="users stepped per call in the batched measurement")
+    be.add_argument("--queries", type=int, default=500, help="distinct tags encoded by the text encoder")
 
     d = sub.add_parser("demo", help="broker + model + worker + replay, printing live lists and latency")
     d.add_argument("--events", type=int, default=2000, help="events to replay")
@@ -162,11 +175,30 @@ async def _tail(settings: Settings, user: str | None, from_beginning: bool, idle
         await reader.stop()
 
 
+async def _forget(settings: Settings, user_id: str) -> int:
+    import time
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream.schemas import Erasure
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        erasure = Erasure(user_id, time.time(), uuid.uuid4().hex)
+        await producer.send_and_wait(settings.topic_erasures, erasure.to_json(), key=user_id.encode())
+    finally:
+        await producer.stop()
+    print(json.dumps({"erasure_sent": erasure.event_id, "topic": settings.topic_erasures}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamrec`` console script."""
     args = _parser().parse_args(argv)
     try:
-        extra = {"model_path": args.model_path} if args.command == "worker" else {}
+        extra = {"model_path": args.model_path} if args.command in ("worker", "audit") else {}
         settings = _settings(args, **extra)
         # The demo and the client commands print their own results; library chatter would drown them.
         quiet = args.command not in ("worker", "broker")
@@ -185,8 +217,22 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(settings)
         if args.command == "replay":
             return _replay(settings, args)
+        if args.command == "audit":
+            from stream.audit import audit
+
+            print(json.dumps(asyncio.run(audit(settings, since=args.since)).summary()))
+            return 0
+        if args.command == "forget":
+            return asyncio.run(_forget(settings, args.user_id))
         if args.command == "tail":
             asyncio.run(_tail(settings, args.user, args.from_beginning, args.idle))
+            return 0
+        if args.command == "bench" and args.bench == "encoders":
+            from encoders.bench import bench_encoders
+
+            for row in bench_encoders(args.dataset, settings.data_dir, events=args.events, batch=args.batch,
+                                      queries=args.queries):
+                print(json.dumps(row), flush=True)
             return 0
         if args.command == "bench":
             from index.bench import bench_index

@@ -93,7 +93,8 @@ class Recommender:
         # 3. Update the user's state (once per event id: Kafka may redeliver after a crash), scoring the
         #    previous list against this event first (live hit-rate@k).
         state = self._load_state(states.get(event.user_id))
-        if event.event_id in state.seen_event_ids:
+        position = f"{source.topic}:{source.partition}"
+        if state.already_applied(event.event_id, position, source.offset):
             if m:
                 m.duplicates.labels(event_type=event_type).inc()
         else:
@@ -103,7 +104,7 @@ class Recommender:
                     m.unknown_items.labels(event_type=event.type).inc()
             state.vector = self.encoder.step(state.vector, event.type, event.item_id, text)
             state.remember(event.type, event.item_id, event.event_id, event.ts, self.rules.history_size,
-                           self.rules.max_purchased)
+                           self.rules.max_purchased, position, source.offset)
         t3 = time.perf_counter()
         # 4. Query vector.
         query = self.encoder.query_vector(state.vector)

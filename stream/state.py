@@ -16,7 +16,7 @@ import orjson
 from stream.errors import StreamrecError
 
 STATE_FORMAT = 1
-SEEN_EVENT_IDS = 16  # recent event ids kept to skip Kafka redeliveries (at-least-once)
+SEEN_EVENT_IDS = 16  # recent event ids kept to skip records a producer sent twice
 
 
 @dataclass
@@ -29,12 +29,22 @@ class UserState:
     purchased: list[str] = field(default_factory=list)  # purchased item ids, oldest first
     seen_event_ids: list[str] = field(default_factory=list)
     last_list: list[str] = field(default_factory=list)  # item ids of the last list sent (live hit-rate)
+    # Last applied offset per input "topic:partition": Kafka redelivers from the last commit after a crash,
+    # possibly many of a user's events, so offsets (not a window of ids) make the update exactly-once.
+    offsets: dict[str, int] = field(default_factory=dict)
     events: int = 0
     last_ts: float = 0.0
 
+    def already_applied(self, event_id: str, position: str, offset: int) -> bool:
+        """Whether this record was applied before: its offset is not past the last applied one of its
+        partition, or (a producer's resend) its event id is among the latest applied."""
+        return offset <= self.offsets.get(position, -1) or event_id in self.seen_event_ids
+
     def remember(self, event_type: str, item_id: str | None, event_id: str, ts: float, history_size: int,
-                 max_purchased: int) -> None:
-        """Record an applied event in the bounded history lists."""
+                 max_purchased: int, position: str = "", offset: int = -1) -> None:
+        """Record an applied event in the bounded history lists and its input position."""
+        if position:
+            self.offsets[position] = offset
         if item_id is not None:
             self.recent.append((event_type, item_id))
             del self.recent[:-history_size]
@@ -55,7 +65,7 @@ class UserState:
             "f": STATE_FORMAT, "m": self.model_version,
             "v": base64.b64encode(self.vector.astype(np.float32).tobytes()).decode(),
             "r": self.recent, "p": self.purchased, "s": self.seen_event_ids, "l": self.last_list,
-            "n": self.events, "t": self.last_ts,
+            "o": self.offsets, "n": self.events, "t": self.last_ts,
         })
 
     @staticmethod
@@ -72,6 +82,7 @@ class UserState:
                 purchased=list(body["p"]),
                 seen_event_ids=list(body["s"]),
                 last_list=list(body.get("l", [])),
+                offsets={str(k): int(v) for k, v in body.get("o", {}).items()},
                 events=int(body["n"]),
                 last_ts=float(body["t"]),
             )

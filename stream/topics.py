@@ -66,7 +66,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str
         missing = [s for s in specs if s.name not in existing]
         if missing:
             rf = settings.replication_factor
-            await admin.create_topics([NewTopic(s.name, s.partitions, rf, topic_configs=dict(s.configs))
+            # With replicas, acks=all must mean "on two brokers": one broker may die without losing a write.
+            durability = {"min.insync.replicas": str(min(2, rf))} if rf > 1 else {}
+            await admin.create_topics([NewTopic(s.name, s.partitions, rf, topic_configs=dict(s.configs) | durability)
                                        for s in missing])
             log.info("created topics %s", ", ".join(s.name for s in missing))
         found = await _partition_counts(admin, [s.name for s in specs])

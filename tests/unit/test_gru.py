@@ -60,5 +60,7 @@ def test_numpy_serving_step_equals_torch(cell: str) -> None:
             state_t = model.step(state_t, rows, types, tokens)
             query_t = model.query(state_t)
         state_n = fast.step(state_n, rows.numpy(), types.numpy(), tokens.numpy())
+        assert state_n.dtype == np.float32  # float64 creeping in made the batched step 30x slower
+        assert fast.inputs(rows.numpy(), types.numpy(), tokens.numpy()).dtype == np.float32
         assert np.abs(state_n - state_t.numpy()).max() <= 1e-5
         assert np.abs(fast.query(state_n) - query_t.numpy()).max() <= 1e-5
