@@ -164,7 +164,8 @@ def _application_order(answered: list[str], stored: bytes | None) -> list[str]:
     in another order than first answered; at-least-once promises each event once, not a cross-topic order."""
     if stored is None:
         return answered
-    tail = [e for e in UserState.from_bytes(stored).seen_event_ids if e in set(answered)]
+    known = set(answered)
+    tail = [e for e in UserState.from_bytes(stored).seen_event_ids if e in known]
     moved = set(tail)
     return [e for e in answered if e not in moved] + tail
 
