@@ -138,7 +138,7 @@ def _worker(settings: Settings) -> int:
     from stream.app import create_app
     from stream.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_topics(settings, timeout_s=None))  # a worker waits for Kafka rather than crash-looping
     registry = CollectorRegistry()
     worker = create_app(settings, registry)
     if settings.metrics_port:

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from stream.config import Settings
 from stream.errors import BrokerError, ConfigError
@@ -41,9 +41,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-async def _admin(settings: Settings, timeout_s: float) -> AIOKafkaAdminClient:
-    """A started admin client, retrying while the broker is not reachable yet."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
+async def _admin(settings: Settings, timeout_s: float | None) -> AIOKafkaAdminClient:
+    """A started admin client, retrying while the broker is not reachable (timeout None: forever), with a
+    backoff of 1 s doubling to 10 s and a log line per attempt, so a worker waits for Kafka instead of
+    crash-looping."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    delay = 1.0
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
         try:
@@ -51,14 +55,18 @@ async def _admin(settings: Settings, timeout_s: float) -> AIOKafkaAdminClient:
             return admin
         except KafkaConnectionError as exc:
             await admin.close()
-            if asyncio.get_running_loop().time() > deadline:
+            if deadline is not None and loop.time() > deadline:
                 raise BrokerError(f"Kafka at {settings.bootstrap_servers} is not reachable: {exc}") from None
-            log.warning("Kafka at %s not reachable yet (%s); retrying", settings.bootstrap_servers, exc)
-            await asyncio.sleep(1.0)
+            log.warning("Kafka at %s is not reachable yet (%s); retrying in %.0f s",
+                        settings.bootstrap_servers, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
-async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics; fail if an existing one has another partition count. Returns name -> partitions."""
+async def ensure_topics(settings: Settings, timeout_s: float | None = 30.0) -> dict[str, int]:
+    """Create missing topics; fail if an existing one has another partition count. Returns name -> partitions.
+
+    ``timeout_s`` bounds the wait for an unreachable broker (None: wait as long as it takes)."""
     specs = topic_specs(settings)
     admin = await _admin(settings, timeout_s)
     try:
@@ -68,8 +76,17 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str
             rf = settings.replication_factor
             # With replicas, acks=all must mean "on two brokers": one broker may die without losing a write.
             durability = {"min.insync.replicas": str(min(2, rf))} if rf > 1 else {}
-            await admin.create_topics([NewTopic(s.name, s.partitions, rf, topic_configs=dict(s.configs) | durability)
-                                       for s in missing])
+            response = await admin.create_topics([NewTopic(s.name, s.partitions, rf,
+                                                           topic_configs=dict(s.configs) | durability)
+                                                  for s in missing])
+            # Per-topic errors come back in the response, not as exceptions. "Already exists" is a race with
+            # another worker creating the same topics: fine; anything else (say a replication factor above
+            # the broker count) must be said plainly.
+            for name, code, *rest in getattr(response, "topic_errors", []):
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    message = rest[0] if rest and rest[0] else for_code(code).__name__
+                    raise BrokerError(f"creating topic {name!r} failed: {message} "
+                                      f"(replication_factor={rf}, partitions from the settings)")
             log.info("created topics %s", ", ".join(s.name for s in missing))
         found = await _partition_counts(admin, [s.name for s in specs])
     except KafkaError as exc:

@@ -71,3 +71,30 @@ def test_local_kafka_round_trip(tmp_path: Path) -> None:
     assert not kafka.is_running()
     assert not Path(f"/proc/{pid}").exists()
     kafka.stop()  # stopping a stopped cluster is a no-op
+
+
+def test_a_worker_started_before_kafka_waits_for_it_then_serves(tmp_path: Path, artifact_dir: Path,
+                                                                  data_dir: Path) -> None:
+    from stream.config import Settings
+    from stream.consume import wait_until_serving
+    from stream.processes import start_worker, stop_worker
+    from stream.topics import ensure_topics
+
+    port = free_port()
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{port}", app_id="early-worker", home=tmp_path / "home",
+                        data_dir=data_dir, partitions=1, metrics_port=free_port(),
+                        session_timeout_s=6.0, rebalance_timeout_s=6.0)
+    log = settings.home / "worker.log"
+    proc = start_worker(settings, artifact_dir, log)
+    kafka = LocalKafka(tmp_path / "kafka", KafkaJars(JARS_DIR), [BrokerNode(1, port, free_port())])
+    try:
+        time.sleep(6)
+        assert proc.poll() is None, "the worker gave up while Kafka was down"
+        assert "not reachable yet" in log.read_text()
+        kafka.start(timeout=120)
+        asyncio.run(ensure_topics(settings))
+        seconds = asyncio.run(wait_until_serving(settings, timeout_s=90, alive=lambda: proc.poll() is None))
+        print(f"\nserving {seconds:.1f} s after Kafka came up")
+    finally:
+        stop_worker(proc)
+        kafka.stop()

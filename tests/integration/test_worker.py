@@ -204,3 +204,12 @@ def test_erasure_removes_the_state_and_tombstones_the_list(settings: Settings, w
         "click", click(user, items[7], "ref"), user.encode(), Source("ref", 0, 0), {})
     assert fresh.recommendation is not None
     assert [i.item_id for i in after.items] == [i.item_id for i in fresh.recommendation.items]  # state started over
+
+
+def test_impossible_topic_settings_fail_with_a_clear_message(settings: Settings) -> None:
+    from stream.errors import BrokerError
+    from stream.topics import ensure_topics
+
+    bad = settings.replace(topic_clicks=settings.topic_clicks + "-rf3", replication_factor=3)
+    with pytest.raises(BrokerError, match="replication"):
+        asyncio.run(ensure_topics(bad))
