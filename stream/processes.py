@@ -13,7 +13,7 @@ from stream.config import Settings
 
 def start_worker(settings: Settings, model: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """``streamrec worker`` as a child process in its own session, configured through STREAMREC_* variables."""
-    env = os.environ | settings.replace(model_path=model).to_env()
+    env = os.environ | settings.replace(model_path=model).to_env() | {"PYTHONUNBUFFERED": "1"}  # logs as they happen
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=log,

@@ -61,6 +61,9 @@ def test_fifty_users_each_get_a_list_within_5_s(settings: Settings, worker: None
         text = response.read().decode()
     assert 'streamrec_worker_event_to_recommendation_seconds_count{event_type="click"}' in text
     assert 'streamrec_worker_recommendations_total{event_type="click"}' in text
+    logged = (settings.home / "worker.log").read_text()  # the worker logs at INFO (the default level)
+    assert "Ready" in logged or "ready" in logged.lower()
+    assert not [n for n in range(50) if f"user-{n}" in logged], "user ids appear in the worker's INFO log"
 
 
 def test_malformed_events_go_to_dead_letters_and_nothing_stops(settings: Settings, worker: None) -> None:
