@@ -11,16 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from encoders.gru import SEARCH_TYPE
 from encoders.sequences import UserSequence
-
-SEARCH = 2  # type id of searches (no item)
 
 
 def _before(seq: UserSequence, cutoff: float) -> np.ndarray:
     """Item rows of the events before the cutoff (searches and unknown items dropped)."""
     n = int(np.searchsorted(seq.ts, cutoff, side="left"))
     items = seq.items[:n]
-    kept: np.ndarray = items[(items != 0) & (seq.types[:n] != SEARCH)]
+    kept: np.ndarray = items[(items != 0) & (seq.types[:n] != SEARCH_TYPE)]
     return kept
 
 
@@ -79,7 +78,7 @@ class ItemKnn:
         out = np.zeros((len(positions), self.n), dtype=np.float32)
         for p, t in enumerate(positions):
             items = seq.items[:t]
-            items = items[(items != 0) & (seq.types[:t] != SEARCH)][-cfg.history:][::-1]  # most recent first
+            items = items[(items != 0) & (seq.types[:t] != SEARCH_TYPE)][-cfg.history:][::-1]  # most recent first
             if len(items) == 0:
                 continue
             weights = cfg.decay ** np.arange(len(items), dtype=np.float32)

@@ -15,10 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from encoders.gru import RecurrentModel
+from encoders.gru import SEARCH_TYPE, RecurrentModel
 from encoders.sequences import UserSequence
 
-SEARCH = 2
 # scores(sequence, positions) -> (P, n_items + 1): scores for the event at each position, from events before it
 Scorer = Callable[[UserSequence, list[int]], np.ndarray]
 
@@ -41,7 +40,7 @@ def model_scorer(model: RecurrentModel) -> Scorer:
 def target_positions(seq: UserSequence, cutoff: float) -> list[int]:
     """Held-out item events that have at least one event before them."""
     first = max(int(np.searchsorted(seq.ts, cutoff, side="left")), 1)
-    return [t for t in range(first, len(seq.ts)) if seq.types[t] != SEARCH]
+    return [t for t in range(first, len(seq.ts)) if seq.types[t] != SEARCH_TYPE]
 
 
 def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cutoff: float, n_items: int,

@@ -19,6 +19,7 @@ from torch.nn import functional
 
 # Event-type ids fed to the model; 0 pads sequences.
 TYPE_IDS = {"click": 1, "search": 2, "purchase": 3}
+SEARCH_TYPE = TYPE_IDS["search"]  # searches carry no item
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 

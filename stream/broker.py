@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from stream.config import Settings
 from stream.errors import BrokerError
 from stream.kafka_jars import KafkaJars, tail
 
@@ -157,6 +158,12 @@ def local_nodes(bootstrap_servers: str, count: int = 1) -> list[BrokerNode]:
         raise BrokerError(f"the local broker listens on {HOST}; bootstrap_servers is {bootstrap_servers!r}")
     base = int(port)
     return [BrokerNode(i + 1, base + 2 * i, base + 2 * i + 1) for i in range(count)]
+
+
+def local_kafka(settings: Settings, count: int = 1) -> LocalKafka:
+    """The local cluster the settings describe: data in <home>/kafka, jars in the jars cache."""
+    return LocalKafka(settings.home / "kafka", KafkaJars(settings.kafka_jars_dir),
+                      local_nodes(settings.bootstrap_servers, count))
 
 
 class LocalKafka:

@@ -98,11 +98,9 @@ def _settings(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 def _broker(settings: Settings, action: str, nodes: int) -> int:
-    from stream.broker import LocalKafka, local_nodes
-    from stream.kafka_jars import KafkaJars
+    from stream.broker import local_kafka
 
-    kafka = LocalKafka(settings.home / "kafka", KafkaJars(settings.kafka_jars_dir),
-                       local_nodes(settings.bootstrap_servers, nodes))
+    kafka = local_kafka(settings, nodes)
     if action == "start":
         seconds = kafka.start()
         print(f"Kafka ready at {kafka.bootstrap_servers} ({seconds:.1f} s)")

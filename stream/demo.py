@@ -123,9 +123,8 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users: int = 3) -> int:
     """Run the whole product locally and print what it does; returns an exit code."""
-    from stream.broker import LocalKafka, local_nodes
+    from stream.broker import local_kafka
     from stream.datasets import item_titles
-    from stream.kafka_jars import KafkaJars
     from stream.topics import ensure_topics
 
     # Ctrl-C and `kill` both end the demo through the finally below, even when the shell started it with
@@ -133,8 +132,7 @@ def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupted)
     print("streamrec demo", flush=True)
-    kafka = LocalKafka(settings.home / "kafka", KafkaJars(settings.kafka_jars_dir),
-                       local_nodes(settings.bootstrap_servers, 1))
+    kafka = local_kafka(settings, 1)
     started_broker = not kafka.is_running()
     worker: subprocess.Popen[bytes] | None = None
     try:
