@@ -102,11 +102,12 @@ def latest_artifact(root: Path, dataset: str = "*", cell: str = "*") -> Path | N
     return max(found, key=lambda p: p.name.rsplit("-", 2)[-2]) if found else None
 
 
-def resolve_artifact(path: Path) -> Path:
-    """``path`` itself when it is an artifact, else the newest artifact inside it."""
+def resolve_artifact(path: Path, model_type: str = "") -> Path:
+    """``path`` itself when it is an artifact, else the newest artifact inside it (of ``model_type`` if set)."""
     if (path / "config.json").is_file():
         return path
-    found = latest_artifact(path)
+    found = latest_artifact(path, cell=model_type or "*")
     if found is None:
-        raise ArtifactError(f"no model artifact in {path} (train one: streamrec train)")
+        kind = f"{model_type} " if model_type else ""
+        raise ArtifactError(f"no {kind}model artifact in {path} (train one: streamrec train)")
     return found

@@ -18,6 +18,7 @@ class UserEncoder:
     def __init__(self, artifact: ModelArtifact) -> None:
         self._step = NumpyRecurrentStep(artifact.model.eval())
         self.version = artifact.version
+        self.model_type = artifact.model.config.cell  # "gru", "lstm" (later "sasrec")
         self.item_ids = artifact.item_ids
         self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
         config = artifact.model.config
@@ -54,6 +55,16 @@ class UserEncoder:
         """The vector searched in the item index (inner product)."""
         out: np.ndarray = self._step.query(state.reshape(1, -1))[0]
         return out
+
+    def text_item_vector(self, text: str) -> np.ndarray | None:
+        """The vector of an item known only by its text (a new catalog item); None when the model has no
+        text path, and such an item then stays out of the index until a model that knows it is published."""
+        return None
+
+    def repeat_scores(self, query: np.ndarray, recent: list[tuple[str, str]]) -> dict[str, float]:
+        """Scores (replacing the index's inner product) for items the model rates beyond the inner product,
+        such as repeats of the user's recent items; empty for a model without such a head."""
+        return {}
 
     def item_vectors(self) -> np.ndarray:
         """(n_items, dim) item embeddings in ``item_ids`` order."""

@@ -38,8 +38,10 @@ def build_recommender(settings: Settings, metrics: Metrics | None) -> Recommende
     if settings.model_path is None:
         raise ConfigError("model_path", "no model artifact given (train one: streamrec train)")
     torch.set_num_threads(settings.torch_threads)
-    artifact = load_artifact(resolve_artifact(settings.model_path))
+    artifact = load_artifact(resolve_artifact(settings.model_path, settings.model_type))
     encoder = UserEncoder(artifact)
+    if settings.model_type and encoder.model_type != settings.model_type:
+        raise ConfigError("model_type", f"{artifact.path} is a {encoder.model_type} model, not {settings.model_type}")
     index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                       ef=settings.hnsw_ef, capacity=len(encoder.item_ids))
     index.add(encoder.item_ids, encoder.item_vectors())

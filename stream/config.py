@@ -51,6 +51,9 @@ class Settings:
 
     # An artifact folder written by `streamrec train`, or a folder of artifacts (the newest one is served).
     model_path: Path | None = None
+    # The model type served: "" = whatever the artifact is; gru, lstm or sasrec = the newest artifact of that type
+    # in a folder of artifacts, and an artifact of another type is refused.
+    model_type: str = ""
     top_k: int = 10  # items per recommendation list
     history_size: int = 50  # recent items kept per user (exclusion window, explanations later)
     max_purchased: int = 500  # purchased items remembered per user for the never-again filter
@@ -114,6 +117,8 @@ class Settings:
         _require("metrics_port", self.metrics_port, 0, 65535)
         _require("torch_threads", self.torch_threads, 1, 256)
         _require("max_event_bytes", self.max_event_bytes, 64, 64 * 1024 * 1024)
+        if self.model_type not in ("", "gru", "lstm", "sasrec"):
+            raise ConfigError("model_type", f"expected gru, lstm or sasrec (or empty), got {self.model_type!r}")
         if self.store not in ("memory://", "rocksdb://"):
             raise ConfigError("store", f"expected memory:// or rocksdb://, got {self.store!r}")
         if self.store == "rocksdb://" and importlib.util.find_spec("rocksdict") is None:
