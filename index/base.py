@@ -32,3 +32,6 @@ class ItemIndex(Protocol):
 
     def __len__(self) -> int:
         """Items currently searchable."""
+
+    def __contains__(self, item_id: object) -> bool:
+        """Whether an item is currently searchable."""

@@ -69,3 +69,6 @@ class BruteForceIndex:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._rows

@@ -137,3 +137,6 @@ class HnswIndex:
 
     def __len__(self) -> int:
         return len(self._labels)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._labels

@@ -17,10 +17,12 @@ AgentFun = Callable[[faust.StreamT[bytes]], Coroutine[Any, Any, None]]
 
 def make_agent(event_type: EventType, recommender: Recommender, states: MutableMapping[str, bytes],
                recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics | None,
-               processed: dict[tuple[str, int], int]) -> AgentFun:
+               processed: dict[tuple[str, int], int],
+               trending: MutableMapping[str, bytes] | None = None) -> AgentFun:
     """An agent body for one input topic: raw bytes in, recommendation or dead letter out.
 
-    ``processed`` records the last offset handled per (topic, partition), for the lag gauge.
+    ``processed`` records the last offset handled per (topic, partition), for the lag gauge; ``trending``
+    is the table of trending counts.
     """
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
@@ -28,7 +30,8 @@ def make_agent(event_type: EventType, recommender: Recommender, states: MutableM
         async for event in events:
             message = event.message
             outcome = recommender.handle(event_type, message.value, message.key,
-                                         Source(message.topic, message.partition, message.offset), states)
+                                         Source(message.topic, message.partition, message.offset), states,
+                                         trending)
             started = time.perf_counter()
             target = dead_letters if outcome.dead_letter else recommendations
             await target.send(key=outcome.key, value=outcome.value)

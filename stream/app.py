@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import faust
 import torch
+from aiokafka import ConsumerRecord
+from aiokafka.errors import IllegalStateError, KafkaError
+from faust.types.tables import TableT
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from encoders.artifact import load_artifact, resolve_artifact
-from encoders.serving import UserEncoder
-from index.hnsw import HnswIndex
-from stream.agents import make_agent, make_erasure_agent
+from stream.agents import AgentFun, make_agent, make_erasure_agent
+from stream.catalog import Catalog
 from stream.config import Settings
-from stream.errors import ConfigError
+from stream.errors import ArtifactError, ConfigError, InvalidEvent
+from stream.follow import follow
+from stream.kafka_clients import faust_credentials
 from stream.metrics import Metrics
 from stream.pipeline import Recommender, Rules
+from stream.reload import ModelReloader
+from stream.schemas import ItemRecord, ModelRelease, Source, dead_letter, decode_item, decode_release
+from stream.served_model import load_served_model
+from stream.trending import Trending
 
 log = logging.getLogger(__name__)
 STATE_TABLE = "user-state"
+TRENDING_TABLE = "trending"
 LAG_INTERVAL_S = 5.0  # how often consumer lag and the user count are refreshed
 
 
@@ -29,28 +39,27 @@ class Worker:
 
     app: faust.App
     recommender: Recommender
+    reloader: ModelReloader
     metrics: Metrics
     registry: CollectorRegistry
 
 
 def build_recommender(settings: Settings, metrics: Metrics | None) -> Recommender:
-    """Load the model artifact and index its item embeddings in HNSW."""
+    """Load the model artifact and index its item embeddings in HNSW (the catalog fills in as it is read)."""
     if settings.model_path is None:
         raise ConfigError("model_path", "no model artifact given (train one: streamrec train)")
     torch.set_num_threads(settings.torch_threads)
-    artifact = load_artifact(resolve_artifact(settings.model_path, settings.model_type))
-    encoder = UserEncoder(artifact)
-    if settings.model_type and encoder.model_type != settings.model_type:
-        raise ConfigError("model_type", f"{artifact.path} is a {encoder.model_type} model, not {settings.model_type}")
-    index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
-                      ef=settings.hnsw_ef, capacity=len(encoder.item_ids))
-    index.add(encoder.item_ids, encoder.item_vectors())
-    log.info("model %s loaded, %d items indexed", encoder.version, len(index))
+    rules = Rules.from_settings(settings)
+    catalog = Catalog()
+    try:
+        served = load_served_model(settings.model_path, settings, catalog, rules.filters)
+    except ArtifactError as exc:
+        raise ConfigError("model_path", str(exc)) from None
     if metrics:
-        metrics.index_items.set(len(index))
-        metrics.model.info({"version": encoder.version, "dataset": artifact.dataset,
-                            "cell": artifact.model.config.cell})
-    return Recommender(encoder, index, Rules.from_settings(settings), metrics)
+        metrics.index_items.set(len(served.index))
+        metrics.model.info(served.info())
+    return Recommender(served, None, rules, metrics, catalog=catalog,
+                       trending=Trending(settings.trending_half_life_s))
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
@@ -82,44 +91,99 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         producer_linger=0.0,
         stream_wait_empty=False,
+        broker_credentials=faust_credentials(settings),
     )
-    # The state is already bytes (stream/state.py), so keys and values go raw through the store and the
-    # changelog. Faust would derive "json" from the types, so the changelog topic is declared here (with acks:
-    # Faust's default changelog does not wait for them) and the table's serializers are set before first use.
-    changelog = app.topic(f"{settings.app_id}-{STATE_TABLE}-changelog", key_type=str, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
-                          compacting=True, deleting=False, internal=True, acks=True)
-    states = app.Table(STATE_TABLE, default=None, key_type=str, value_type=bytes, partitions=settings.partitions,
-                       changelog_topic=changelog)
-    states.key_serializer = "raw"  # type: ignore[attr-defined]  # set on Collection, not declared on TableT
-    states.value_serializer = "raw"  # type: ignore[attr-defined]
+    states = _raw_table(app, settings, STATE_TABLE)
+    trending = _raw_table(app, settings, TRENDING_TABLE)
 
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     recommendations = raw_topic(settings.topic_recommendations)
     dead_letters = raw_topic(settings.topic_dead_letters)
+    reloader = ModelReloader(settings, recommender, metrics)
+    ready = asyncio.Event()  # set once the catalog and the current model release have been read
+
+    def gated(body: AgentFun) -> AgentFun:
+        async def agent(stream: faust.StreamT[bytes]) -> None:
+            await ready.wait()  # never answer from a catalog or model older than the topics say
+            await body(stream)
+        return agent
+
     processed: dict[tuple[str, int], int] = {}
     for event_type, name in settings.input_topics.items():
-        body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics, processed)
-        app.agent(raw_topic(name), name=f"streamrec.{event_type}")(body)
+        body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics, processed,
+                          trending)
+        app.agent(raw_topic(name), name=f"streamrec.{event_type}")(gated(body))
     app.agent(raw_topic(settings.topic_erasures), name="streamrec.erase")(
-        make_erasure_agent(recommender, states, recommendations, dead_letters))
+        gated(make_erasure_agent(recommender, states, recommendations, dead_letters)))
+
+    async def on_records(records: list[ConsumerRecord[bytes, bytes]], live: bool) -> None:
+        """Catalog changes and model releases, as every worker reads them."""
+        items: list[ItemRecord] = []
+        release: ModelRelease | None = None
+        for record in records:
+            try:
+                if record.topic == settings.topic_items:
+                    items.append(decode_item(record.value, record.key, max_bytes=settings.max_event_bytes))
+                elif record.value is not None:
+                    release = decode_release(record.value, max_bytes=settings.max_event_bytes)
+            except InvalidEvent as error:
+                metrics.catalog_invalid.labels(topic=record.topic, reason=error.reason).inc()
+                log.warning("invalid record at %s-%d@%d: %s", record.topic, record.partition, record.offset, error)
+                if live and app.is_leader():  # one dead letter per record, not one per worker
+                    source = Source(record.topic, record.partition, record.offset)
+                    await dead_letters.send(key=record.key, value=dead_letter(record.value, record.key, error,
+                                                                               source, time.time()))
+        if items:
+            recommender.apply_items(items)
+        if release is not None:
+            reloader.submit(release)
+
+    async def caught_up() -> None:
+        await reloader.wait_idle()
+        log.info("catalog read (%d items); serving model %s", len(recommender.catalog), recommender.served.version)
+        ready.set()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_catalog_and_models() -> None:
+        await follow(settings, [settings.topic_items, settings.topic_models], on_records, caught_up)
 
     inputs = set(settings.input_topics.values())
 
     @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
         """Lag = end offset - next offset to process, per assigned input partition; users in state."""
+        metrics.state_users.set(len(states))
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
         metrics.consumer_lag.clear()  # partitions this worker lost in a rebalance must not linger
-        if assigned:
+        if not assigned:
+            return
+        try:
             ends = await app.consumer.highwaters(*assigned)
             for tp in assigned:
                 done = processed.get((tp.topic, tp.partition))
                 position = done + 1 if done is not None else await app.consumer.position(tp)
                 lag = max(ends.get(tp, 0) - (position or 0), 0)
                 metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
-        metrics.state_users.set(len(states))
+        except (IllegalStateError, KafkaError) as exc:
+            # A rebalance took a partition between assignment() and position(): a gauge must never crash the
+            # worker (Faust stops the app when a timer raises). The next round sees the new assignment.
+            log.info("consumer lag not measured this round: %s", exc)
 
-    return Worker(app=app, recommender=recommender, metrics=metrics, registry=registry)
+    return Worker(app=app, recommender=recommender, reloader=reloader, metrics=metrics, registry=registry)
+
+
+def _raw_table(app: faust.App, settings: Settings, name: str) -> TableT[str, bytes]:
+    """A changelog-backed table of raw bytes (the values are already serialised, see stream/state.py).
+
+    Faust would derive "json" from the types, so the changelog topic is declared here (with acks: Faust's
+    default changelog does not wait for them) and the serializers are set before first use."""
+    changelog = app.topic(f"{settings.app_id}-{name}-changelog", key_type=str, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+                          compacting=True, deleting=False, internal=True, acks=True)
+    table = app.Table(name, default=None, key_type=str, value_type=bytes, partitions=settings.partitions,
+                      changelog_topic=changelog)
+    table.key_serializer = "raw"  # type: ignore[attr-defined]  # set on Collection, not declared on TableT
+    table.value_serializer = "raw"  # type: ignore[attr-defined]
+    return table

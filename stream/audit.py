@@ -26,6 +26,7 @@ from encoders.serving import UserEncoder
 from index.brute import BruteForceIndex
 from stream.config import Settings
 from stream.errors import ConfigError, InvalidEvent, StreamrecError
+from stream.kafka_clients import client_options
 from stream.pipeline import Recommender, Rules
 from stream.schemas import Event, Source, decode_erasure, decode_event
 from stream.state import UserState
@@ -56,7 +57,7 @@ class AuditReport:
 
 async def read_topic(settings: Settings, topic: str) -> list[Record]:
     """Every record of a topic, partition by partition in offset order, up to the end offsets of now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None,
                                 enable_auto_commit=False, fetch_max_wait_ms=100)
     await consumer.start()
     try:

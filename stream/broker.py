@@ -146,6 +146,8 @@ class BrokerNode:
     node_id: int
     port: int
     controller_port: int
+    sasl_port: int | None = None  # an extra SASL_PLAINTEXT listener (PLAIN), for clients that authenticate
+    sasl_users: tuple[tuple[str, str], ...] = ()  # (user, password) accepted on it
 
 
 def local_nodes(bootstrap_servers: str, count: int = 1) -> list[BrokerNode]:
@@ -300,6 +302,16 @@ class LocalKafka:
         rf = min(3, len(self.nodes))
         voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.nodes)
         props = _SERVER.format(n=node, host=HOST, voters=voters, data=ndir / "data", rf=rf, min_isr=min(2, rf))
+        if node.sasl_port is not None:
+            sasl = f"SASL_PLAINTEXT://{HOST}:{node.sasl_port}"
+            users = " ".join(f'user_{u}="{p}"' for u, p in node.sasl_users)
+            props = (props.replace(f"CONTROLLER://{HOST}:{node.controller_port}\n",
+                                   f"CONTROLLER://{HOST}:{node.controller_port},{sasl}\n")
+                     .replace(f"advertised.listeners=PLAINTEXT://{HOST}:{node.port}\n",
+                              f"advertised.listeners=PLAINTEXT://{HOST}:{node.port},{sasl}\n")
+                     .replace("CONTROLLER:PLAINTEXT\n", "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT\n")
+                     + "sasl.enabled.mechanisms=PLAIN\nlistener.name.sasl_plaintext.plain.sasl.jaas.config="
+                     f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};\n")
         (ndir / "server.properties").write_text(props)
         (ndir / "log4j2.properties").write_text(_LOG4J2.format(log=ndir / "broker.log"))
 

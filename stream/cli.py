@@ -1,4 +1,4 @@
-"""The ``streamrec`` command line: broker, topics, train, worker, replay, tail, demo.
+"""The ``streamrec`` command line: broker, topics, train, worker, publish, items, replay, tail, demo.
 
 Global flags override ``STREAMREC_*`` environment variables; both end in one validated Settings object.
 """
@@ -52,6 +52,22 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run a Faust worker")
     w.add_argument("--model", dest="model_path", type=Path, default=None, help="artifact folder (setting model_path)")
+
+    pub = sub.add_parser("publish", help="make a trained artifact the current model of every worker (hot reload)")
+    pub.add_argument("artifact", type=Path, help="an artifact folder, or a folder of artifacts (newest)")
+
+    it = sub.add_parser("items", help="catalog changes on the items topic")
+    it_sub = it.add_subparsers(dest="items_action", required=True)
+    il = it_sub.add_parser("load", help="publish a dataset's items (titles, categories) as the catalog")
+    il.add_argument("dataset", choices=["movielens", "yoochoose", "diginetica"])
+    iset = it_sub.add_parser("set", help="upsert one item")
+    iset.add_argument("item_id")
+    iset.add_argument("--title", default=None)
+    iset.add_argument("--category", default=None)
+    iset.add_argument("--price", type=float, default=None)
+    iset.add_argument("--unavailable", action="store_true", help="keep it out of every list")
+    idel = it_sub.add_parser("delete", help="delete one item from the catalog and the index")
+    idel.add_argument("item_id")
 
     r = sub.add_parser("replay", help="produce a real dataset's events in time order")
     r.add_argument("dataset", choices=["movielens", "yoochoose", "diginetica"])
@@ -158,6 +174,23 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _items(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.datasets import load_catalog
+    from stream.publish import publish_items
+    from stream.schemas import ItemRecord
+
+    if args.items_action == "load":
+        records = load_catalog(args.dataset, settings.data_dir)
+    elif args.items_action == "set":
+        records = [ItemRecord(args.item_id, title=args.title, category=args.category, price=args.price,
+                              available=not args.unavailable)]
+    else:
+        records = [ItemRecord(args.item_id, deleted=True)]
+    sent = asyncio.run(publish_items(settings, records))
+    print(json.dumps({"items_sent": sent, "topic": settings.topic_items}))
+    return 0
+
+
 async def _tail(settings: Settings, user: str | None, from_beginning: bool, idle: float | None) -> None:
     from stream.consume import RecommendationReader
 
@@ -179,9 +212,10 @@ async def _forget(settings: Settings, user_id: str) -> int:
 
     from aiokafka import AIOKafkaProducer
 
+    from stream.kafka_clients import client_options
     from stream.schemas import Erasure
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
     try:
         erasure = Erasure(user_id, time.time(), uuid.uuid4().hex)
@@ -220,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(asyncio.run(audit(settings, since=args.since)).summary()))
             return 0
+        if args.command == "publish":
+            from stream.publish import publish_model
+
+            release = asyncio.run(publish_model(settings, args.artifact))
+            print(json.dumps({"published": release.version, "path": release.path, "topic": settings.topic_models}))
+            return 0
+        if args.command == "items":
+            return _items(settings, args)
         if args.command == "forget":
             return asyncio.run(_forget(settings, args.user_id))
         if args.command == "tail":

@@ -42,12 +42,22 @@ class Settings:
     topic_recommendations: str = "recommendations"
     topic_dead_letters: str = "dead-letters"
     topic_erasures: str = "erasures"  # forget-user requests (GDPR), keyed by user like the input events
+    topic_models: str = "models"  # model releases (`streamrec publish`), compacted, read whole by every worker
     # The input topics (events and erasures), recommendations and the state changelog share one partition count:
     # Faust co-partitions the user-state table with its source topics by user key.
     partitions: int = 4
     items_partitions: int = 1
     dead_letter_partitions: int = 1
     replication_factor: int = 1
+
+    # Kafka security, passed through to the Faust app and every aiokafka client (producers, consumers, admin).
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols only)
+    sasl_username: str = ""
+    sasl_password: str = ""  # prefer the environment variable to a flag; never logged
+    ssl_cafile: Path | None = None  # CA bundle that signed the brokers' certificates (SSL, SASL_SSL)
+    ssl_certfile: Path | None = None  # client certificate for mutual TLS
+    ssl_keyfile: Path | None = None  # its private key
 
     # An artifact folder written by `streamrec train`, or a folder of artifacts (the newest one is served).
     model_path: Path | None = None
@@ -57,6 +67,18 @@ class Settings:
     top_k: int = 10  # items per recommendation list
     history_size: int = 50  # recent items kept per user (exclusion window, explanations later)
     max_purchased: int = 500  # purchased items remembered per user for the never-again filter
+
+    # Filters (stream/rerank.py). Purchased items are always excluded, and so are catalog items marked
+    # available=false. Categories come from the `items` topic; with an allow list, items without a known
+    # category are left out too.
+    exclude_viewed_last_n: int = 0  # also exclude the items of the user's last N clicks (0 = off)
+    category_allow: str = ""  # comma-separated categories that may be recommended (empty = all)
+    category_deny: str = ""  # comma-separated categories never recommended
+
+    # Cold start: users with fewer events than this get trending items blended into their list (their
+    # share shrinks as events arrive); a search is answered from the query alone.
+    cold_start_events: int = 5
+    trending_half_life_s: float = 6 * 3600.0  # decay of the trending counts, in event time
 
     # HNSW parameters (hnswlib): M = graph degree (memory vs recall), ef_construction = build-time beam,
     # ef = query-time beam (must be >= the number of candidates asked for). See index/hnsw.py.
@@ -82,6 +104,11 @@ class Settings:
     def input_topics(self) -> dict[EventType, str]:
         """Map event type -> topic name."""
         return {"click": self.topic_clicks, "search": self.topic_searches, "purchase": self.topic_purchases}
+
+    def category_list(self, which: str) -> tuple[str, ...]:
+        """The categories of ``category_allow`` or ``category_deny``, parsed."""
+        raw = self.category_allow if which == "allow" else self.category_deny
+        return tuple(c.strip() for c in raw.split(",") if c.strip())
 
     @property
     def kafka_jars_dir(self) -> Path:
@@ -117,6 +144,28 @@ class Settings:
         _require("metrics_port", self.metrics_port, 0, 65535)
         _require("torch_threads", self.torch_threads, 1, 256)
         _require("max_event_bytes", self.max_event_bytes, 64, 64 * 1024 * 1024)
+        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError("security_protocol", "expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, "
+                                                   f"got {self.security_protocol!r}")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+                raise ConfigError("sasl_mechanism", f"expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, "
+                                                    f"got {self.sasl_mechanism!r}")
+            if not self.sasl_username or not self.sasl_password:
+                raise ConfigError("sasl_username", f"{self.security_protocol} needs sasl_username and sasl_password")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(name, f"{path} is not a readable file")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("ssl_certfile", "ssl_certfile and ssl_keyfile go together (mutual TLS)")
+        _require("exclude_viewed_last_n", self.exclude_viewed_last_n, 0, self.history_size)
+        overlap = set(self.category_list("allow")) & set(self.category_list("deny"))
+        if overlap:
+            raise ConfigError("category_deny", f"categories both allowed and denied: {sorted(overlap)}")
+        _require("cold_start_events", self.cold_start_events, 0, 10_000)
+        if not self.trending_half_life_s > 0:
+            raise ConfigError("trending_half_life_s", "must be a positive number of seconds")
         if self.model_type not in ("", "gru", "lstm", "sasrec"):
             raise ConfigError("model_type", f"expected gru, lstm or sasrec (or empty), got {self.model_type!r}")
         if self.store not in ("memory://", "rocksdb://"):

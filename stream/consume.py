@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.config import Settings
 from stream.errors import BrokerError
+from stream.kafka_clients import client_options
 from stream.schemas import Recommendation
 from stream.topics import partition_count
 
@@ -19,7 +20,7 @@ class RecommendationReader:
     def __init__(self, settings: Settings, from_beginning: bool = False) -> None:
         self.settings = settings
         self.from_beginning = from_beginning
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+        self._consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False,
                                           group_id=None, fetch_max_wait_ms=20)
 
     async def start(self) -> None:
@@ -76,7 +77,7 @@ async def wait_until_serving(settings: Settings, timeout_s: float = 120.0, user:
     started = time.time()
     reader = RecommendationReader(settings)
     await reader.start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(**client_options(settings))
     await producer.start()
     sent: set[str] = set()
     try:

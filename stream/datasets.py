@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream.errors import ConfigError
-from stream.schemas import EventType
+from stream.schemas import EventType, ItemRecord
 
 DATASETS = ("movielens", "yoochoose", "diginetica")
 _FOLDERS = {"movielens": "movielens_latest_small", "yoochoose": "yoochoose_1pct",
@@ -66,6 +66,25 @@ def item_titles(name: str, data_dir: Path) -> dict[str, str]:
         return {}
     with open(dataset_dir(name, data_dir) / "movies.csv", newline="", encoding="utf-8") as f:
         return {row["movieId"]: row["title"] for row in csv.DictReader(f)}
+
+
+def load_catalog(name: str, data_dir: Path) -> list[ItemRecord]:
+    """A dataset's items as catalog records: movielens titles with their first genre as category;
+    yoochoose and diginetica items have no titles, only their category where the data gives one."""
+    folder = dataset_dir(name, data_dir)
+    if name == "movielens":
+        with open(folder / "movies.csv", newline="", encoding="utf-8") as f:
+            return [ItemRecord(row["movieId"], title=row["title"], category=row["genres"].split("|")[0])
+                    for row in csv.DictReader(f)]
+    if name == "diginetica":
+        with open(folder / "product-categories.csv", newline="", encoding="utf-8") as f:
+            return [ItemRecord(row["itemId"], category=row["categoryId"]) for row in csv.DictReader(f, delimiter=";")]
+    items: dict[str, str | None] = {}
+    with gzip.open(folder / "clicks.csv.gz", "rt", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            category = row.get("Category")
+            items[row["Item_ID"]] = category if category and category != "0" else items.get(row["Item_ID"])
+    return [ItemRecord(item, category=category) for item, category in items.items()]
 
 
 def _movielens(folder: Path) -> Iterator[DatasetEvent]:

@@ -124,7 +124,8 @@ def _interrupted(signum: int, frame: object) -> None:
 def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users: int = 3) -> int:
     """Run the whole product locally and print what it does; returns an exit code."""
     from stream.broker import local_kafka
-    from stream.datasets import item_titles
+    from stream.datasets import item_titles, load_catalog
+    from stream.publish import publish_items
     from stream.topics import ensure_topics
 
     # Ctrl-C and `kill` both end the demo through the finally below, even when the shell started it with
@@ -142,6 +143,9 @@ def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users:
         counts = asyncio.run(ensure_topics(settings))
         _say("topics", ", ".join(f"{name}({n})" for name, n in counts.items()))
         model = _model(settings)
+        sent = asyncio.run(publish_items(settings, load_catalog(DATASET, settings.data_dir)))
+        _say("catalog", f"{sent} movielens items (title, first genre) on {settings.topic_items}; every worker reads "
+                        "them whole")
         worker = start_worker(settings, model, settings.home / "logs" / "worker.log")
         _say("worker", f"pid {worker.pid}, log {settings.home / 'logs' / 'worker.log'}, "
                        f"metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics")

@@ -66,6 +66,21 @@ class Metrics:
         self.latency_slo = Gauge(
             "streamrec_worker_latency_slo_seconds", "The configured event-to-recommendation p99 objective.",
             registry=registry)
+        self.catalog_items = Gauge(
+            "streamrec_catalog_items", "Items described by the live catalog (topic items).", registry=registry)
+        self.catalog_updates = Counter(
+            "streamrec_catalog_updates_total", "Catalog records applied, by operation (upsert, delete).",
+            ["op"], registry=registry)
+        self.catalog_invalid = Counter(
+            "streamrec_catalog_invalid_records_total", "Catalog or model-release records rejected, by reason.",
+            ["topic", "reason"], registry=registry)
+        self.model_swaps = Counter(
+            "streamrec_model_swaps_total", "Published models loaded and swapped in without a restart.",
+            registry=registry)
+        self.model_reload_failures = Counter(
+            "streamrec_model_reload_failures_total",
+            "Published models refused (missing, corrupt, wrong type); the previous model kept serving.",
+            registry=registry)
         self.model = Info("streamrec_model", "The model this worker serves.", registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole
             self.stage.labels(stage=stage)

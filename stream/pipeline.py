@@ -10,16 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from encoders.serving import UserEncoder
 from index.base import ItemIndex
+from stream.catalog import Catalog
 from stream.config import Settings
 from stream.errors import InvalidEvent, StreamrecError
 from stream.metrics import Metrics
+from stream.rerank import Filters, blend, rerank
 from stream.schemas import (
     Event,
     EventType,
+    ItemRecord,
     Recommendation,
     RecommendedItem,
     Source,
@@ -27,7 +30,9 @@ from stream.schemas import (
     decode_erasure,
     decode_event,
 )
+from stream.served_model import ServedModel
 from stream.state import UserState
+from stream.trending import Trending
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +46,16 @@ class Rules:
     max_purchased: int = 500
     max_event_bytes: int = 65536
     max_future_skew_s: float = 86_400.0
+    cold_start_events: int = 0  # users with fewer events get trending items blended in (0 = off)
+    filters: Filters = field(default_factory=Filters)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
         """Pick the data-path settings out of the full settings object."""
         return cls(top_k=settings.top_k, history_size=settings.history_size,
                    max_purchased=settings.max_purchased, max_event_bytes=settings.max_event_bytes,
-                   max_future_skew_s=settings.max_future_skew_s)
+                   max_future_skew_s=settings.max_future_skew_s, cold_start_events=settings.cold_start_events,
+                   filters=Filters.from_settings(settings))
 
 
 @dataclass(frozen=True)
@@ -62,61 +70,92 @@ class Outcome:
 
 
 class Recommender:
-    """Holds the model, the index and the rules; ``handle`` is the per-event data path."""
+    """Holds the served model (encoder + index), the catalog, the rules and the trending counts;
+    ``handle`` is the per-event data path."""
 
-    def __init__(self, encoder: UserEncoder, index: ItemIndex, rules: Rules, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.encoder = encoder
-        self.index = index
+    def __init__(self, encoder: UserEncoder | ServedModel, index: ItemIndex | None, rules: Rules,
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+                 catalog: Catalog | None = None, trending: Trending | None = None) -> None:
+        if isinstance(encoder, ServedModel):
+            self.served = encoder
+        else:
+            assert index is not None, "an encoder needs its index"
+            self.served = ServedModel(encoder, index)
         self.rules = rules
         self.metrics = metrics
         self.clock = clock
+        self.catalog = catalog if catalog is not None else Catalog()
+        self.trending = trending if trending is not None else Trending(6 * 3600.0)
+
+    @property
+    def encoder(self) -> UserEncoder:
+        """The encoder of the model served now."""
+        return self.served.encoder
+
+    @property
+    def index(self) -> ItemIndex:
+        """The index of the model served now."""
+        return self.served.index
 
     def handle(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source,
-               states: MutableMapping[str, bytes]) -> Outcome:
-        """Process one input record end to end and say what to produce."""
+               states: MutableMapping[str, bytes], trending: MutableMapping[str, bytes] | None = None) -> Outcome:
+        """Process one input record end to end and say what to produce.
+
+        ``states`` is the user-state table; ``trending`` the table of trending counts (None: memory only)."""
         m = self.metrics
+        served = self.served  # one model for the whole event, even if a swap is pending
+        encoder, rules = served.encoder, self.rules
         t0 = time.perf_counter()
         if m:
             m.events.labels(event_type=event_type).inc()
         # 1. Validate.
         try:
-            event = decode_event(event_type, raw, source, max_bytes=self.rules.max_event_bytes,
-                                 max_future_skew_s=self.rules.max_future_skew_s, now=self.clock())
+            event = decode_event(event_type, raw, source, max_bytes=rules.max_event_bytes,
+                                 max_future_skew_s=rules.max_future_skew_s, now=self.clock())
             _check_key(key, event.user_id)
         except InvalidEvent as error:
             return self._rejected(event_type, error, raw, key, source)
         t1 = time.perf_counter()
         # 2. Encode the search text (searches only).
-        text = self.encoder.encode_text(event.query) if event.query is not None else None
+        text = encoder.encode_text(event.query) if event.query is not None else None
         t2 = time.perf_counter()
         # 3. Update the user's state (once per event id: Kafka may redeliver after a crash), scoring the
-        #    previous list against this event first (live hit-rate@k).
-        state = self._load_state(states.get(event.user_id))
+        #    previous list against this event first (live hit-rate@k); count the item for trending.
+        state = self._load_state(states.get(event.user_id), encoder)
         position = f"{source.topic}:{source.partition}"
         if state.already_applied(event.event_id, position, source.offset):
             if m:
                 m.duplicates.labels(event_type=event_type).inc()
         else:
-            if m and event.item_id is not None:
-                self._score_last_list(m, event, state)
-                if not self.encoder.knows(event.item_id):
-                    m.unknown_items.labels(event_type=event.type).inc()
-            state.vector = self.encoder.step(state.vector, event.type, event.item_id, text)
-            state.remember(event.type, event.item_id, event.event_id, event.ts, self.rules.history_size,
-                           self.rules.max_purchased, position, source.offset)
+            if event.item_id is not None:
+                if m:
+                    self._score_last_list(m, event, state)
+                    if not encoder.knows(event.item_id):
+                        m.unknown_items.labels(event_type=event.type).inc()
+                self.trending.observe(source.partition, event.item_id, event.type, event.ts, trending)
+            state.vector = encoder.step(state.vector, event.type, event.item_id, text)
+            state.remember(event.type, event.item_id, event.event_id, event.ts, rules.history_size,
+                           rules.max_purchased, position, source.offset)
         t3 = time.perf_counter()
         # 4. Query vector.
-        query = self.encoder.query_vector(state.vector)
+        query = encoder.query_vector(state.vector)
         t4 = time.perf_counter()
-        # 5. Search, never returning what the user already bought.
-        excluded = set(state.purchased)
-        candidates = self.index.search(query, self.rules.top_k, exclude=excluded)
+        # 5. Search, never returning what this user must not get; the model may rescore some items
+        #    (repeats of recent ones) that the inner-product search alone would rank lower or miss.
+        excluded = rules.filters.excluded_for(state)
+        candidates = served.index.search(query, rules.top_k, exclude=excluded)
+        extra = encoder.repeat_scores(query, state.recent)
+        if extra:
+            candidates = [(item, extra.pop(item, score)) for item, score in candidates] + list(extra.items())
         t5 = time.perf_counter()
-        # 6. Filter and re-rank.
-        items = rerank(candidates, excluded, self.rules.top_k)
+        # 6. Filter and re-rank; a cold-start user's list is blended with trending items (not a search's:
+        #    a first search is answered from the query alone).
+        items = rerank(candidates, excluded, rules.top_k, served.index)
+        if state.events < rules.cold_start_events and event.type != "search":
+            items = blend(items, self.trending.top(rules.top_k + len(excluded)), rules.top_k,
+                          state.events / rules.cold_start_events, excluded, served.index)
         # 7. The list; the state (with the list it got) is stored once per event.
-        rec = self._recommendation(event, items)
+        rec = self._recommendation(event, items, served.version)
         state.last_list = [it.item_id for it in items]
         states[event.user_id] = state.to_bytes()
         t6 = time.perf_counter()
@@ -129,6 +168,29 @@ class Recommender:
             m.lists.labels(event_type=event.type).inc()
             m.event_to_recommendation.labels(event_type=event.type).observe(max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
+
+    def apply_items(self, records: list[ItemRecord]) -> None:
+        """Apply catalog changes and bring the served index in line (new, changed, unavailable, deleted)."""
+        for record in records:
+            self.catalog.apply(record)
+        added = self.served.sync([r.item_id for r in records], self.catalog, self.rules.filters)
+        if self.metrics:
+            for record in records:
+                op = "delete" if record.deleted else "upsert"
+                self.metrics.catalog_updates.labels(op=op).inc()
+            self.metrics.catalog_items.set(len(self.catalog))
+            self.metrics.index_items.set(len(self.served.index))
+        log.debug("catalog: %d changes applied, %d items (re)indexed", len(records), added)
+
+    def swap(self, served: ServedModel, built_from_seq: int) -> None:
+        """Serve another model from the next event on; replays the catalog changes made while it was built.
+
+        Runs on the event loop between two events, so no event sees half a swap; users' states are rebuilt
+        from their recent events when they next arrive (``_load_state``)."""
+        served.sync(self.catalog.changed_since(built_from_seq), self.catalog, self.rules.filters)
+        self.served = served
+        if self.metrics:
+            self.metrics.index_items.set(len(served.index))
 
     def erase(self, raw: bytes | None, key: bytes | None, source: Source,
               states: MutableMapping[str, bytes]) -> Outcome:
@@ -165,25 +227,26 @@ class Recommender:
         if event.item_id in state.last_list:
             m.live_hits.labels(event_type=event.type, k=k).inc()
 
-    def _recommendation(self, event: Event, items: list[RecommendedItem]) -> Recommendation:
-        return Recommendation(user_id=event.user_id, items=tuple(items), model_version=self.encoder.version,
+    def _recommendation(self, event: Event, items: list[RecommendedItem], version: str) -> Recommendation:
+        return Recommendation(user_id=event.user_id, items=tuple(items), model_version=version,
                               event_type=event.type, event_id=event.event_id, event_ts=event.ts,
                               generated_at=self.clock())
 
-    def _load_state(self, raw: bytes | None) -> UserState:
+    def _load_state(self, raw: bytes | None, encoder: UserEncoder | None = None) -> UserState:
         """The stored state, a fresh one, or one rebuilt from history when it belongs to another model."""
+        encoder = encoder or self.encoder
         if raw is None:
-            return UserState(vector=self.encoder.initial_state(), model_version=self.encoder.version)
+            return UserState(vector=encoder.initial_state(), model_version=encoder.version)
         try:
             state = UserState.from_bytes(raw)
         except StreamrecError as exc:
             log.warning("discarding unreadable user state: %s", exc)
-            return UserState(vector=self.encoder.initial_state(), model_version=self.encoder.version)
-        if state.model_version != self.encoder.version or state.vector.shape != (self.encoder.state_size,):
-            vector = self.encoder.initial_state()
+            return UserState(vector=encoder.initial_state(), model_version=encoder.version)
+        if state.model_version != encoder.version or state.vector.shape != (encoder.state_size,):
+            vector = encoder.initial_state()
             for kind, item in state.recent:
-                vector = self.encoder.step(vector, kind, item)
-            state.vector, state.model_version = vector, self.encoder.version
+                vector = encoder.step(vector, kind, item)
+            state.vector, state.model_version = vector, encoder.version
         return state
 
 
@@ -191,17 +254,3 @@ def _check_key(key: bytes | None, user_id: str) -> None:
     """The state table is partitioned by the record key; any other key would split a user's state."""
     if key is None or key != user_id.encode():
         raise InvalidEvent("key_mismatch", "the record key must be the user_id")
-
-
-def rerank(candidates: list[tuple[str, float]], excluded: set[str], k: int) -> list[RecommendedItem]:
-    """Drop excluded and repeated items, keep the best k by score."""
-    seen: set[str] = set()
-    out: list[RecommendedItem] = []
-    for item, score in sorted(candidates, key=lambda c: -c[1]):
-        if item in excluded or item in seen:
-            continue
-        seen.add(item)
-        out.append(RecommendedItem(item, score))
-        if len(out) == k:
-            break
-    return out

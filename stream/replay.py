@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from stream.config import Settings
 from stream.datasets import DatasetEvent
+from stream.kafka_clients import client_options
 from stream.schemas import Event
 
 
@@ -42,7 +43,7 @@ async def replay(settings: Settings, events: Iterable[DatasetEvent], rate: float
         raise ValueError("rate must be >= 0")
     topics = settings.input_topics
     stats = ReplayStats()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+    producer = AIOKafkaProducer(**client_options(settings), acks="all",
                                 enable_idempotence=True, linger_ms=0)
     await producer.start()
     started = time.perf_counter()

@@ -77,11 +77,50 @@ class Erasure:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """A catalog change (topic ``items``, keyed by item id): an upsert, or a delete when ``deleted``."""
+
+    item_id: str
+    title: str | None = None
+    category: str | None = None
+    price: float | None = None
+    available: bool = True
+    deleted: bool = False
+
+    def to_json(self) -> bytes:
+        """The wire format of an upsert or a delete."""
+        if self.deleted:
+            return orjson.dumps({"schema_version": SCHEMA_VERSION, "item_id": self.item_id, "deleted": True})
+        body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "item_id": self.item_id,
+                                "available": self.available}
+        for name in ("title", "category", "price"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        return orjson.dumps(body)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRelease:
+    """A published model (topic ``models``, key ``current``): where every worker loads it from."""
+
+    path: str
+    version: str
+    published_at: float
+
+    def to_json(self) -> bytes:
+        """The wire format."""
+        return orjson.dumps({"schema_version": SCHEMA_VERSION, "path": self.path, "version": self.version,
+                             "published_at": self.published_at})
+
+
+@dataclass(frozen=True, slots=True)
 class RecommendedItem:
-    """One entry of a list: the item and its retrieval score (higher is better)."""
+    """One entry of a list: the item, its score (higher is better) and, for fills, why it is there."""
 
     item_id: str
     score: float
+    because: str | None = None  # "trending" for cold-start fills
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +140,7 @@ class Recommendation:
         return orjson.dumps({
             "schema_version": SCHEMA_VERSION,
             "user_id": self.user_id,
-            "items": [{"item_id": it.item_id, "score": round(it.score, 6), "rank": n}
-                      for n, it in enumerate(self.items, 1)],
+            "items": [_item_json(it, n) for n, it in enumerate(self.items, 1)],
             "model_version": self.model_version,
             "event": {"type": self.event_type, "event_id": self.event_id, "ts": self.event_ts},
             "generated_at": self.generated_at,
@@ -115,13 +153,21 @@ class Recommendation:
         event = body["event"]
         return Recommendation(
             user_id=body["user_id"],
-            items=tuple(RecommendedItem(it["item_id"], float(it["score"])) for it in body["items"]),
+            items=tuple(RecommendedItem(it["item_id"], float(it["score"]), it.get("because"))
+                        for it in body["items"]),
             model_version=body["model_version"],
             event_type=event["type"],
             event_id=event["event_id"],
             event_ts=float(event["ts"]),
             generated_at=float(body["generated_at"]),
         )
+
+
+def _item_json(item: RecommendedItem, rank: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"item_id": item.item_id, "score": round(item.score, 6), "rank": rank}
+    if item.because is not None:
+        body["because"] = item.because
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +235,55 @@ def decode_erasure(raw: bytes | None, source: Source, *, max_bytes: int = 65536,
     return Erasure(user_id, ts, event_id)
 
 
-def _envelope(raw: bytes | None, source: Source, max_bytes: int, max_future_skew_s: float,
-              now: float | None) -> tuple[dict[str, Any], str, float, str]:
-    """The checks every input record shares: size, JSON object, schema version, user_id, ts, event_id."""
+def decode_item(raw: bytes | None, key: bytes | None, *, max_bytes: int = 65536) -> ItemRecord:
+    """Parse a catalog record; a null value (a compaction tombstone) deletes the item named by the key."""
+    if raw is None:
+        if not key:
+            raise InvalidEvent("missing_field", "a catalog tombstone needs the item id as its key")
+        return ItemRecord(key.decode("utf-8", "replace"), deleted=True)
+    body = _object(raw, max_bytes)
+    item_id = _identifier(body, "item_id", required=True)
+    assert item_id is not None
+    if key is None or key != item_id.encode():
+        raise InvalidEvent("key_mismatch", "the record key must be the item_id (the topic is compacted by key)")
+    deleted = body.get("deleted", False)
+    if not isinstance(deleted, bool):
+        raise InvalidEvent("wrong_type", "deleted must be true or false")
+    if deleted:
+        return ItemRecord(item_id, deleted=True)
+    available = body.get("available", True)
+    if not isinstance(available, bool):
+        raise InvalidEvent("wrong_type", "available must be true or false")
+    texts = {}
+    for name, limit in (("title", MAX_QUERY_LEN), ("category", MAX_ID_LEN)):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value.strip()) <= limit):
+            raise InvalidEvent("wrong_type" if not isinstance(value, str) else "invalid_value",
+                               f"{name} must be a string of 1..{limit} characters")
+        texts[name] = value.strip() if isinstance(value, str) else None
+    price = body.get("price")
+    if price is not None:
+        if not isinstance(price, (int, float)) or isinstance(price, bool):
+            raise InvalidEvent("wrong_type", "price must be a number")
+        if not math.isfinite(price) or price < 0:
+            raise InvalidEvent("invalid_value", "price must be finite and >= 0")
+        price = float(price)
+    return ItemRecord(item_id, title=texts["title"], category=texts["category"], price=price, available=available)
+
+
+def decode_release(raw: bytes | None, *, max_bytes: int = 65536) -> ModelRelease:
+    """Parse a model release record."""
+    body = _object(raw, max_bytes)
+    path, version, published_at = body.get("path"), body.get("version"), body.get("published_at")
+    if not isinstance(path, str) or not path or not isinstance(version, str) or not version:
+        raise InvalidEvent("missing_field", "a model release needs path and version strings")
+    if isinstance(published_at, bool) or not isinstance(published_at, (int, float)):
+        raise InvalidEvent("wrong_type", "published_at must be a number (Unix seconds)")
+    return ModelRelease(path, version, float(published_at))
+
+
+def _object(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
+    """Size check, JSON parse, object check and schema version: what every record shares."""
     if raw is None:
         raise InvalidEvent("missing_field", "record has no value")
     if len(raw) > max_bytes:
@@ -205,6 +297,13 @@ def _envelope(raw: bytes | None, source: Source, max_bytes: int, max_future_skew
     version = body.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise InvalidEvent("unsupported_schema_version", f"schema_version={version!r}, supported: {SCHEMA_VERSION}")
+    return body
+
+
+def _envelope(raw: bytes | None, source: Source, max_bytes: int, max_future_skew_s: float,
+              now: float | None) -> tuple[dict[str, Any], str, float, str]:
+    """The checks every input record shares: size, JSON object, schema version, user_id, ts, event_id."""
+    body = _object(raw, max_bytes)
     user_id = _identifier(body, "user_id", required=True)
     ts = _timestamp(body, max_future_skew_s, time.time() if now is None else now)
     event_id = _identifier(body, "event_id", required=False) or f"{source.topic}-{source.partition}-{source.offset}"

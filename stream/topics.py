@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from stream.config import Settings
 from stream.errors import BrokerError, ConfigError
+from stream.kafka_clients import client_options
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_purchases, n),
         TopicSpec(settings.topic_erasures, n),
         TopicSpec(settings.topic_items, settings.items_partitions, (("cleanup.policy", "compact"),)),
+        # The latest release under one key; every worker reads it whole at start.
+        TopicSpec(settings.topic_models, 1, (("cleanup.policy", "compact"),)),
         # Keyed by user and compacted: the topic doubles as "the latest list of every user".
         TopicSpec(settings.topic_recommendations, n, (("cleanup.policy", "compact"),)),
         # Dead letters are evidence: keep them for 30 days.
@@ -49,7 +52,7 @@ async def _admin(settings: Settings, timeout_s: float | None) -> AIOKafkaAdminCl
     deadline = None if timeout_s is None else loop.time() + timeout_s
     delay = 1.0
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
         try:
             await admin.start()
             return admin

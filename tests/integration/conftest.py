@@ -21,13 +21,16 @@ from stream.topics import ensure_topics
 REPO = Path(__file__).resolve().parents[2]
 JARS = Path(os.environ.get("STREAMREC_JARS_DIR", REPO / ".streamrec" / "kafka-jars"))
 _counter = itertools.count()
+SASL_PASSWORD = "shop-secret"
 
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    """A single-node KRaft Apache Kafka on free loopback ports, stopped at the end of the session."""
+    """A single-node KRaft Apache Kafka on free loopback ports, stopped at the end of the session; it also
+    has a SASL_PLAINTEXT listener (user ``shop``) for the security test."""
     broker = LocalKafka(tmp_path_factory.mktemp("kafka"), KafkaJars(JARS),
-                        [BrokerNode(node_id=1, port=free_port(), controller_port=free_port())])
+                        [BrokerNode(node_id=1, port=free_port(), controller_port=free_port(), sasl_port=free_port(),
+                                    sasl_users=(("shop", SASL_PASSWORD),))])
     seconds = broker.start(timeout=120)
     print(f"\nKafka ready at {broker.bootstrap_servers} in {seconds:.1f} s")
     try:
@@ -45,7 +48,9 @@ def settings(kafka: LocalKafka, tmp_path: Path, data_dir: Path, artifact_dir: Pa
         data_dir=data_dir, model_path=artifact_dir, partitions=2, metrics_port=free_port(),
         topic_clicks=f"{tag}-clicks", topic_searches=f"{tag}-searches", topic_purchases=f"{tag}-purchases",
         topic_items=f"{tag}-items", topic_recommendations=f"{tag}-recommendations",
-        topic_dead_letters=f"{tag}-dead-letters", session_timeout_s=6.0, rebalance_timeout_s=6.0,
+        topic_dead_letters=f"{tag}-dead-letters", topic_erasures=f"{tag}-erasures", topic_models=f"{tag}-models",
+        session_timeout_s=6.0, rebalance_timeout_s=6.0,
+        cold_start_events=0,  # lists compared with a single-process reference: no trending blend (own tests)
     ).validate()
     asyncio.run(ensure_topics(s))
     return s

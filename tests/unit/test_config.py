@@ -33,6 +33,14 @@ def test_environment_and_overrides() -> None:
     ({"STREAMREC_HNSW_EF": "3"}, "hnsw_ef"),
     ({"STREAMREC_MODEL_PATH": "/nonexistent/model"}, "model_path"),
     ({"STREAMREC_HEARTBEAT_INTERVAL_S": "30"}, "heartbeat_interval_s"),
+    ({"STREAMREC_SECURITY_PROTOCOL": "TLS"}, "security_protocol"),
+    ({"STREAMREC_SECURITY_PROTOCOL": "SASL_SSL"}, "sasl_username"),
+    ({"STREAMREC_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "STREAMREC_SASL_MECHANISM": "GSSAPI",
+      "STREAMREC_SASL_USERNAME": "u", "STREAMREC_SASL_PASSWORD": "p"}, "sasl_mechanism"),
+    ({"STREAMREC_SSL_CAFILE": "/nonexistent/ca.pem"}, "ssl_cafile"),
+    ({"STREAMREC_CATEGORY_ALLOW": "a,b", "STREAMREC_CATEGORY_DENY": "b"}, "category_deny"),
+    ({"STREAMREC_EXCLUDE_VIEWED_LAST_N": "-1"}, "exclude_viewed_last_n"),
+    ({"STREAMREC_MODEL_TYPE": "transformer"}, "model_type"),
 ])
 def test_bad_settings_name_the_setting(env: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -52,3 +60,21 @@ def test_every_setting_is_documented_in_the_example() -> None:
     example = (Path(__file__).resolve().parents[2] / "deploy" / "streamrec.env.example").read_text()
     for f in dataclasses.fields(Settings):
         assert f"STREAMREC_{f.name.upper()}=" in example, f"{f.name} missing from deploy/streamrec.env.example"
+
+
+def test_security_settings_reach_every_kafka_client() -> None:
+    import faust
+
+    from stream.kafka_clients import client_options, faust_credentials
+
+    plain = load_settings(env={})
+    assert client_options(plain) == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
+    assert faust_credentials(plain) is None
+    sasl = load_settings(env={"STREAMREC_SECURITY_PROTOCOL": "SASL_SSL", "STREAMREC_SASL_MECHANISM": "SCRAM-SHA-512",
+                              "STREAMREC_SASL_USERNAME": "shop", "STREAMREC_SASL_PASSWORD": "secret"})
+    options = client_options(sasl)
+    assert (options["security_protocol"], options["sasl_mechanism"], options["sasl_plain_username"],
+            options["sasl_plain_password"]) == ("SASL_SSL", "SCRAM-SHA-512", "shop", "secret")
+    assert options["ssl_context"] is not None
+    credentials = faust_credentials(sasl)
+    assert isinstance(credentials, faust.SASLCredentials) and credentials.username == "shop"

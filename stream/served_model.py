@@ -1,0 +1,112 @@
+"""A model and the index of its item vectors, served as one unit: loaded, built and swapped together.
+
+The index holds the model's items plus the catalog's items the model does not know (by their text vector,
+when the model has a text path), minus whatever the catalog-wide filters leave out. A hot reload builds a
+new ServedModel from a copy of the catalog in a background thread, swaps it in between two events, and
+then replays the catalog changes that arrived during the build.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from encoders.artifact import ModelArtifact, load_artifact, resolve_artifact
+from encoders.serving import UserEncoder
+from index.base import ItemIndex
+from index.hnsw import HnswIndex
+from stream.catalog import Catalog
+from stream.config import Settings
+from stream.errors import ArtifactError
+from stream.rerank import Filters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """The encoder, its index, and the text vectors of catalog items the model has no embedding for."""
+
+    encoder: UserEncoder
+    index: ItemIndex
+    artifact: ModelArtifact | None = None  # None: built in memory (tests, the audit)
+    text_vectors: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # item -> (text, vector)
+
+    def __post_init__(self) -> None:
+        self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
+        self._vectors = self.encoder.item_vectors()
+
+    @property
+    def version(self) -> str:
+        """The model version lists carry."""
+        return self.encoder.version
+
+    def info(self) -> dict[str, str]:
+        """The labels of the ``streamrec_model`` info metric."""
+        return {"version": self.version, "dataset": self.artifact.dataset if self.artifact else "",
+                "cell": self.encoder.model_type}
+
+    def sync(self, item_ids: Iterable[str], catalog: Catalog, filters: Filters) -> int:
+        """Bring the index in line with the catalog for these items; returns how many were added."""
+        add_ids: list[str] = []
+        add_vectors: list[np.ndarray] = []
+        remove: list[str] = []
+        for item_id in item_ids:
+            entry = catalog.get(item_id)
+            if not filters.admits(entry, catalog.was_deleted(item_id)):
+                remove.append(item_id)
+                continue
+            row = self._rows.get(item_id)
+            if row is not None:
+                if item_id not in self.index:
+                    add_ids.append(item_id)
+                    add_vectors.append(self._vectors[row])
+                continue
+            text = entry.text if entry is not None else None
+            cached = self.text_vectors.get(item_id)
+            if text is None:
+                remove.append(item_id)
+            elif cached is not None and cached[0] == text:
+                if item_id not in self.index:
+                    add_ids.append(item_id)
+                    add_vectors.append(cached[1])
+            else:
+                vector = self.encoder.text_item_vector(text)
+                if vector is None:  # the model has no text path: the item waits for a model that knows it
+                    remove.append(item_id)
+                    continue
+                self.text_vectors[item_id] = (text, vector)
+                add_ids.append(item_id)
+                add_vectors.append(vector)
+        if remove:
+            self.index.remove(remove)
+        if add_ids:
+            self.index.add(add_ids, np.stack(add_vectors))
+        return len(add_ids)
+
+
+def load_served_model(path: Path, settings: Settings, catalog: Catalog, filters: Filters) -> ServedModel:
+    """Load an artifact (or the newest in a folder) and index its items and the catalog's.
+
+    Raises ArtifactError (missing, corrupt, or not of the configured ``model_type``)."""
+    artifact = load_artifact(resolve_artifact(path, settings.model_type))
+    encoder = UserEncoder(artifact)
+    if settings.model_type and encoder.model_type != settings.model_type:
+        raise ArtifactError(f"{artifact.path} is a {encoder.model_type} model; setting model_type says "
+                            f"{settings.model_type}")
+    index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                      ef=settings.hnsw_ef, capacity=len(encoder.item_ids) + len(catalog))
+    served = ServedModel(encoder, index, artifact)
+    model_items = [item for item in encoder.item_ids
+                   if filters.admits(catalog.get(item), catalog.was_deleted(item))]
+    rows = {item: n for n, item in enumerate(encoder.item_ids)}
+    if model_items:
+        index.add(model_items, encoder.item_vectors()[[rows[i] for i in model_items]])
+    served.sync((c.item_id for c in catalog.items() if c.item_id not in rows), catalog, filters)
+    log.info("model %s loaded: %d items indexed (%d from the catalog's text)", encoder.version, len(index),
+             len(served.text_vectors))
+    return served
