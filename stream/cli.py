@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--batch", type=int, default=256, help="users stepped per call in the batched measurement")
     be.add_argument("--queries", type=int, default=500, help="distinct tags encoded by the text encoder")
 
+    br = bench_sub.add_parser("rerank", help="CPU per event of the data path with/without explanations, diversity")
+    br.add_argument("--model", dest="model_path", type=Path, default=None, help="artifact (default: newest)")
+    br.add_argument("--dataset", default="movielens", choices=["movielens", "yoochoose", "diginetica"])
+    br.add_argument("--events", type=int, default=3000, help="latest events of the dataset to replay")
+
     d = sub.add_parser("demo", help="broker + model + worker + replay, printing live lists and latency")
     d.add_argument("--events", type=int, default=2000, help="events to replay")
     d.add_argument("--rate", type=float, default=200.0, help="events per second")
@@ -266,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_forget(settings, args.user_id))
         if args.command == "tail":
             asyncio.run(_tail(settings, args.user, args.from_beginning, args.idle))
+            return 0
+        if args.command == "bench" and args.bench == "rerank":
+            from stream.bench_rerank import bench_rerank
+
+            model = args.model_path or settings.home / "models"
+            for row in bench_rerank(settings, model, args.dataset, args.events):
+                print(json.dumps(row), flush=True)
             return 0
         if args.command == "bench" and args.bench == "encoders":
             from encoders.bench import bench_encoders

@@ -75,6 +75,11 @@ class Settings:
     category_allow: str = ""  # comma-separated categories that may be recommended (empty = all)
     category_deny: str = ""  # comma-separated categories never recommended
 
+    # Re-ranking: maximal marginal relevance over item vectors (0 = off, up to 1 = diversity only), and how
+    # many of the user's recent events each item's explanation ("because") names (0 = none).
+    diversity: float = 0.0
+    explanations: int = 2
+
     # Cold start: users with fewer events than this get trending items blended into their list (their
     # share shrinks as events arrive); a search is answered from the query alone.
     cold_start_events: int = 5
@@ -163,6 +168,9 @@ class Settings:
         overlap = set(self.category_list("allow")) & set(self.category_list("deny"))
         if overlap:
             raise ConfigError("category_deny", f"categories both allowed and denied: {sorted(overlap)}")
+        if not 0.0 <= self.diversity <= 1.0:
+            raise ConfigError("diversity", f"must be between 0 and 1, got {self.diversity}")
+        _require("explanations", self.explanations, 0, 3)
         _require("cold_start_events", self.cold_start_events, 0, 10_000)
         if not self.trending_half_life_s > 0:
             raise ConfigError("trending_half_life_s", "must be a positive number of seconds")

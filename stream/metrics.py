@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5,
                    1.0, 2.0, 5.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-STAGES = ("decode", "text_encode", "state", "query", "search", "rerank", "produce")
+STAGES = ("decode", "text_encode", "state", "query", "search", "rerank", "explain", "produce")
 
 
 class Metrics:

@@ -17,8 +17,9 @@ from index.base import ItemIndex
 from stream.catalog import Catalog
 from stream.config import Settings
 from stream.errors import InvalidEvent, StreamrecError
+from stream.explain import explain
 from stream.metrics import Metrics
-from stream.rerank import Filters, blend, rerank
+from stream.rerank import Filters, blend, diversify, rerank
 from stream.schemas import (
     Event,
     EventType,
@@ -35,6 +36,7 @@ from stream.state import UserState
 from stream.trending import Trending
 
 log = logging.getLogger(__name__)
+DIVERSITY_POOL = 4  # with diversity on, MMR picks k items out of the best k * this many
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Rules:
     max_event_bytes: int = 65536
     max_future_skew_s: float = 86_400.0
     cold_start_events: int = 0  # users with fewer events get trending items blended in (0 = off)
+    diversity: float = 0.0  # MMR strength (0 = off)
+    explanations: int = 0  # recent events named per item (0 = none)
     filters: Filters = field(default_factory=Filters)
 
     @classmethod
@@ -55,6 +59,7 @@ class Rules:
         return cls(top_k=settings.top_k, history_size=settings.history_size,
                    max_purchased=settings.max_purchased, max_event_bytes=settings.max_event_bytes,
                    max_future_skew_s=settings.max_future_skew_s, cold_start_events=settings.cold_start_events,
+                   diversity=settings.diversity, explanations=settings.explanations,
                    filters=Filters.from_settings(settings))
 
 
@@ -143,27 +148,34 @@ class Recommender:
         # 5. Search, never returning what this user must not get; the model may rescore some items
         #    (repeats of recent ones) that the inner-product search alone would rank lower or miss.
         excluded = rules.filters.excluded_for(state)
-        candidates = served.index.search(query, rules.top_k, exclude=excluded)
+        pool = rules.top_k * DIVERSITY_POOL if rules.diversity > 0 else rules.top_k
+        candidates = served.index.search(query, pool, exclude=excluded)
         extra = encoder.repeat_scores(query, state.recent)
         if extra:
             candidates = [(item, extra.pop(item, score)) for item, score in candidates] + list(extra.items())
         t5 = time.perf_counter()
         # 6. Filter and re-rank; a cold-start user's list is blended with trending items (not a search's:
         #    a first search is answered from the query alone).
-        items = rerank(candidates, excluded, rules.top_k, served.index)
+        items = rerank(candidates, excluded, pool, served.index)
+        if rules.diversity > 0:
+            items = diversify(items, served.vectors_of([it.item_id for it in items]), rules.top_k, rules.diversity)
         if state.events < rules.cold_start_events and event.type != "search":
             items = blend(items, self.trending.top(rules.top_k + len(excluded)), rules.top_k,
                           state.events / rules.cold_start_events, excluded, served.index)
-        # 7. The list; the state (with the list it got) is stored once per event.
+        t6 = time.perf_counter()
+        # 7. Explanations: the user's own recent events (or this search) most like each item.
+        items = explain(items, state.recent, event.query, served.unit_vectors_of, rules.explanations)
+        t7 = time.perf_counter()
+        # 8. The list; the state (with the list it got) is stored once per event.
         rec = self._recommendation(event, items, served.version)
         state.last_list = [it.item_id for it in items]
         states[event.user_id] = state.to_bytes()
-        t6 = time.perf_counter()
+        t8 = time.perf_counter()
         if m:
             if text is not None:
                 m.stage.labels(stage="text_encode").observe(t2 - t1)
-            for stage, seconds in (("decode", t1 - t0), ("state", t3 - t2), ("query", t4 - t3),
-                                   ("search", t5 - t4), ("rerank", t6 - t5)):
+            for stage, seconds in (("decode", t1 - t0), ("state", t3 - t2 + t8 - t7), ("query", t4 - t3),
+                                   ("search", t5 - t4), ("rerank", t6 - t5), ("explain", t7 - t6)):
                 m.stage.labels(stage=stage).observe(seconds)
             m.lists.labels(event_type=event.type).inc()
             m.event_to_recommendation.labels(event_type=event.type).observe(max(rec.generated_at - event.ts, 0.0))

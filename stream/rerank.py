@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection, Container
 from dataclasses import dataclass
 
+import numpy as np
+
 from stream.catalog import CatalogItem
 from stream.config import Settings
 from stream.schemas import RecommendedItem
@@ -68,7 +70,7 @@ def rerank(candidates: list[tuple[str, float]], excluded: Collection[str], k: in
 def blend(personal: list[RecommendedItem], trending: list[tuple[str, float]], k: int, personal_share: float,
           excluded: Collection[str], searchable: Container[str]) -> list[RecommendedItem]:
     """A cold-start list: the first ``personal_share`` of k slots from the personal ranking, the rest
-    trending items (marked ``because: trending``); either side fills in when the other runs short."""
+    trending items (marked ``because: ["trending"]``); either side fills in when the other runs short."""
     slots = min(len(personal), round(k * personal_share))
     out = list(personal[:slots])
     taken = {it.item_id for it in out}
@@ -76,7 +78,7 @@ def blend(personal: list[RecommendedItem], trending: list[tuple[str, float]], k:
         if len(out) == k:
             break
         if item not in taken and item not in excluded and item in searchable:
-            out.append(RecommendedItem(item, count, "trending"))
+            out.append(RecommendedItem(item, count, ("trending",)))
             taken.add(item)
     for it in personal[slots:]:
         if len(out) == k:
@@ -85,3 +87,28 @@ def blend(personal: list[RecommendedItem], trending: list[tuple[str, float]], k:
             out.append(it)
             taken.add(it.item_id)
     return out
+
+
+def diversify(items: list[RecommendedItem], vectors: np.ndarray, k: int, strength: float) -> list[RecommendedItem]:
+    """Maximal marginal relevance over item vectors (rows of ``vectors`` match ``items``, best first).
+
+    Greedily picks the item maximising ``(1 - strength) * relevance - strength * max cosine similarity to the
+    items already picked``, relevance being the scores scaled to [0, 1]. ``strength`` 0 keeps the ranking."""
+    if strength <= 0 or len(items) <= 1:
+        return items[:k]
+    scores = np.array([it.score for it in items], dtype=np.float32)
+    spread = float(scores.max() - scores.min())
+    relevance = (scores - scores.min()) / spread if spread > 0 else np.ones_like(scores)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    similarity = unit @ unit.T  # (n, n)
+    picked = [0]
+    closest = similarity[0].copy()  # each item's highest similarity to the picked ones
+    available = np.ones(len(items), dtype=bool)
+    available[0] = False
+    while len(picked) < min(k, len(items)):
+        gain = np.where(available, (1 - strength) * relevance - strength * closest, -np.inf)
+        best = int(np.argmax(gain))
+        picked.append(best)
+        available[best] = False
+        closest = np.maximum(closest, similarity[best])
+    return [items[n] for n in picked]

@@ -120,7 +120,9 @@ class RecommendedItem:
 
     item_id: str
     score: float
-    because: str | None = None  # "trending" for cold-start fills
+    # Why it is there: the user's recent events most like it ("click:318", "purchase:296", "search:noir"),
+    # or ("trending",) for a cold-start fill.
+    because: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,7 @@ class Recommendation:
         event = body["event"]
         return Recommendation(
             user_id=body["user_id"],
-            items=tuple(RecommendedItem(it["item_id"], float(it["score"]), it.get("because"))
+            items=tuple(RecommendedItem(it["item_id"], float(it["score"]), tuple(it.get("because", ())))
                         for it in body["items"]),
             model_version=body["model_version"],
             event_type=event["type"],
@@ -165,8 +167,8 @@ class Recommendation:
 
 def _item_json(item: RecommendedItem, rank: int) -> dict[str, Any]:
     body: dict[str, Any] = {"item_id": item.item_id, "score": round(item.score, 6), "rank": rank}
-    if item.because is not None:
-        body["because"] = item.because
+    if item.because:
+        body["because"] = list(item.because)
     return body
 
 

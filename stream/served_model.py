@@ -39,11 +39,33 @@ class ServedModel:
     def __post_init__(self) -> None:
         self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
         self._vectors = self.encoder.item_vectors()
+        # The same rows plus a zero row at the end (row -1: an item the model does not know), raw and unit
+        # length: lookups for explanations and diversity are then one fancy-index each.
+        padded = np.vstack([self._vectors, np.zeros((1, self._vectors.shape[1]), np.float32)])
+        norms = np.linalg.norm(padded, axis=1, keepdims=True)
+        self._padded = padded
+        self._unit = (padded / np.maximum(norms, 1e-9)).astype(np.float32)
 
     @property
     def version(self) -> str:
         """The model version lists carry."""
         return self.encoder.version
+
+    def vectors_of(self, item_ids: list[str], unit: bool = False) -> np.ndarray:
+        """(n, dim) vectors of these items as the index holds them (``unit``: scaled to length 1); zeros for
+        an item the index does not know."""
+        rows = [self._rows.get(item, -1) for item in item_ids]
+        out: np.ndarray = (self._unit if unit else self._padded)[rows]
+        if self.text_vectors and -1 in rows:  # catalog items known by their text only
+            for n, item in enumerate(item_ids):
+                if rows[n] == -1 and item in self.text_vectors:
+                    vector = self.text_vectors[item][1]
+                    out[n] = vector / max(float(np.linalg.norm(vector)), 1e-9) if unit else vector
+        return out
+
+    def unit_vectors_of(self, item_ids: list[str]) -> np.ndarray:
+        """:meth:`vectors_of` scaled to unit length (cosine similarities are then inner products)."""
+        return self.vectors_of(item_ids, unit=True)
 
     def info(self) -> dict[str, str]:
         """The labels of the ``streamrec_model`` info metric."""
