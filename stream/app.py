@@ -21,11 +21,12 @@ from stream.errors import ArtifactError, ConfigError, InvalidEvent
 from stream.follow import follow
 from stream.kafka_clients import faust_credentials
 from stream.metrics import Metrics
-from stream.pipeline import Recommender, Rules
+from stream.pipeline import Arm, Recommender, Rules
 from stream.reload import ModelReloader
 from stream.schemas import ItemRecord, ModelRelease, Source, dead_letter, decode_item, decode_release
 from stream.served_model import load_served_model
 from stream.trending import Trending
+from stream.variants import Assignment
 
 log = logging.getLogger(__name__)
 STATE_TABLE = "user-state"
@@ -45,21 +46,31 @@ class Worker:
 
 
 def build_recommender(settings: Settings, metrics: Metrics | None) -> Recommender:
-    """Load the model artifact and index its item embeddings in HNSW (the catalog fills in as it is read)."""
+    """Load the model of every A/B variant and index its item embeddings in HNSW (the catalog fills in as it
+    is read). A missing or broken artifact is a ConfigError naming the setting."""
     if settings.model_path is None:
         raise ConfigError("model_path", "no model artifact given (train one: streamrec train)")
     torch.set_num_threads(settings.torch_threads)
-    rules = Rules.from_settings(settings)
     catalog = Catalog()
-    try:
-        served = load_served_model(settings.model_path, settings, catalog, rules.filters)
-    except ArtifactError as exc:
-        raise ConfigError("model_path", str(exc)) from None
+    arms = []
+    for spec in settings.variant_specs():
+        variant_settings = settings.replace(model_type=spec.model_type or settings.model_type,
+                                            diversity=settings.diversity if spec.diversity is None else spec.diversity,
+                                            explanations=settings.explanations if spec.explanations is None
+                                            else spec.explanations)
+        rules = Rules.from_settings(variant_settings)
+        try:
+            served = load_served_model(spec.model or settings.model_path, variant_settings, catalog, rules.filters)
+        except ArtifactError as exc:
+            raise ConfigError("variants" if spec.model else "model_path", f"variant {spec.name}: {exc}") from None
+        arms.append(Arm(spec.name, served, rules))
     if metrics:
-        metrics.index_items.set(len(served.index))
-        metrics.model.info(served.info())
-    return Recommender(served, None, rules, metrics, catalog=catalog,
-                       trending=Trending(settings.trending_half_life_s))
+        metrics.index_items.set(len(arms[0].served.index))
+        for arm in arms:
+            metrics.model.labels(variant=arm.name).info(arm.served.info())
+    return Recommender(arms[0].served, None, arms[0].rules, metrics, catalog=catalog,
+                       trending=Trending(settings.trending_half_life_s), arms=arms,
+                       assignment=Assignment(settings.variant_specs(), settings.experiment_salt))
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
@@ -69,9 +80,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     metrics = Metrics(registry)
     metrics.latency_slo.set(settings.latency_slo_s)
     k = str(settings.top_k)
-    for event_type in ("click", "purchase"):  # export zeros from the start, so rates and ratios exist
-        metrics.live_hits.labels(event_type=event_type, k=k)
-        metrics.live_opportunities.labels(event_type=event_type, k=k)
+    for spec in settings.variant_specs():
+        for event_type in ("click", "purchase"):  # export zeros from the start, so rates and ratios exist
+            metrics.live_hits.labels(event_type=event_type, k=k, variant=spec.name)
+            metrics.live_opportunities.labels(event_type=event_type, k=k, variant=spec.name)
     for name in [*settings.input_topics.values(), settings.topic_erasures]:
         metrics.dead_letters.labels(topic=name)
     recommender = build_recommender(settings, metrics)
@@ -121,13 +133,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def on_records(records: list[ConsumerRecord[bytes, bytes]], live: bool) -> None:
         """Catalog changes and model releases, as every worker reads them."""
         items: list[ItemRecord] = []
-        release: ModelRelease | None = None
+        releases: dict[str, ModelRelease] = {}  # the newest per variant
         for record in records:
             try:
                 if record.topic == settings.topic_items:
                     items.append(decode_item(record.value, record.key, max_bytes=settings.max_event_bytes))
                 elif record.value is not None:
                     release = decode_release(record.value, max_bytes=settings.max_event_bytes)
+                    releases[release.variant] = release
             except InvalidEvent as error:
                 metrics.catalog_invalid.labels(topic=record.topic, reason=error.reason).inc()
                 log.warning("invalid record at %s-%d@%d: %s", record.topic, record.partition, record.offset, error)
@@ -137,7 +150,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                                                                                source, time.time()))
         if items:
             recommender.apply_items(items)
-        if release is not None:
+        for release in releases.values():
             reloader.submit(release)
 
     async def caught_up() -> None:

@@ -27,10 +27,12 @@ from index.brute import BruteForceIndex
 from stream.config import Settings
 from stream.errors import ConfigError, InvalidEvent, StreamrecError
 from stream.kafka_clients import client_options
-from stream.pipeline import Recommender, Rules
+from stream.pipeline import Arm, Recommender, Rules
 from stream.schemas import Event, Source, decode_erasure, decode_event
+from stream.served_model import ServedModel
 from stream.state import UserState
 from stream.topics import partition_count
+from stream.variants import Assignment
 
 Record = tuple[str, int, int, bytes | None, bytes | None]  # topic, partition, offset, key, value
 
@@ -89,7 +91,7 @@ async def audit(settings: Settings, since: float = 0.0) -> AuditReport:
 
     if settings.model_path is None:
         raise ConfigError("model_path", "the audit replays events through the model the workers served")
-    artifact = load_artifact(resolve_artifact(settings.model_path))
+    reference = _reference(settings)
     report = AuditReport()
     every: dict[str, Event] = {}  # all valid events (the reference replays a user's whole history)
     valid: set[str] = set()  # the valid events at or after `since`, whose answers are checked
@@ -138,8 +140,6 @@ async def audit(settings: Settings, since: float = 0.0) -> AuditReport:
     for _, _, _, key, value in await read_topic(settings, f"{settings.app_id}-{STATE_TABLE}-changelog"):
         if key is not None:
             stored[key.decode()] = value
-    encoder = UserEncoder(artifact)
-    reference = Recommender(encoder, BruteForceIndex(encoder.dim), Rules.from_settings(settings))
     states: dict[str, bytes] = {}
     for user, answered_order in order.items():
         if user in erased:
@@ -156,6 +156,19 @@ async def audit(settings: Settings, since: float = 0.0) -> AuditReport:
             report.state_mismatches.append(user)
             report.mismatch_details.append(_difference(user, states[user], stored.get(user), answered_order))
     return report
+
+
+def _reference(settings: Settings) -> Recommender:
+    """The single-process reference: every variant's model (the states do not depend on the index, so the
+    indexes stay empty), with the workers' variant assignment."""
+    assert settings.model_path is not None
+    arms = []
+    for spec in settings.variant_specs():
+        encoder = UserEncoder(load_artifact(resolve_artifact(spec.model or settings.model_path,
+                                                             spec.model_type or settings.model_type)))
+        arms.append(Arm(spec.name, ServedModel(encoder, BruteForceIndex(encoder.dim)), Rules.from_settings(settings)))
+    return Recommender(arms[0].served, None, arms[0].rules, arms=arms,
+                       assignment=Assignment(settings.variant_specs(), settings.experiment_salt))
 
 
 def _application_order(answered: list[str], stored: bytes | None) -> list[str]:

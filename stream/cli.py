@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pub = sub.add_parser("publish", help="make a trained artifact the current model of every worker (hot reload)")
     pub.add_argument("artifact", type=Path, help="an artifact folder, or a folder of artifacts (newest)")
+    pub.add_argument("--variant", default="default", help="the A/B variant whose model it replaces")
 
     it = sub.add_parser("items", help="catalog changes on the items topic")
     it_sub = it.add_subparsers(dest="items_action", required=True)
@@ -262,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "publish":
             from stream.publish import publish_model
 
-            release = asyncio.run(publish_model(settings, args.artifact))
-            print(json.dumps({"published": release.version, "path": release.path, "topic": settings.topic_models}))
+            release = asyncio.run(publish_model(settings, args.artifact, variant=args.variant))
+            print(json.dumps({"published": release.version, "variant": release.variant, "path": release.path,
+                              "topic": settings.topic_models}))
             return 0
         if args.command == "items":
             return _items(settings, args)

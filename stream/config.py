@@ -18,6 +18,7 @@ from typing import Any
 
 from stream.errors import ConfigError
 from stream.schemas import EventType
+from stream.variants import VariantSpec, parse_variants
 
 ENV_PREFIX = "STREAMREC_"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -75,6 +76,11 @@ class Settings:
     category_allow: str = ""  # comma-separated categories that may be recommended (empty = all)
     category_deny: str = ""  # comma-separated categories never recommended
 
+    # A/B variants as JSON (see stream/variants.py); empty = one variant, "default". A user's variant is a
+    # hash of experiment_salt and the user id: stable across workers and restarts.
+    variants: str = ""
+    experiment_salt: str = "streamrec"
+
     # Re-ranking: maximal marginal relevance over item vectors (0 = off, up to 1 = diversity only), and how
     # many of the user's recent events each item's explanation ("because") names (0 = none).
     diversity: float = 0.0
@@ -109,6 +115,10 @@ class Settings:
     def input_topics(self) -> dict[EventType, str]:
         """Map event type -> topic name."""
         return {"click": self.topic_clicks, "search": self.topic_searches, "purchase": self.topic_purchases}
+
+    def variant_specs(self) -> tuple[VariantSpec, ...]:
+        """The declared A/B variants, checked (one "default" variant when none are declared)."""
+        return parse_variants(self.variants)
 
     def category_list(self, which: str) -> tuple[str, ...]:
         """The categories of ``category_allow`` or ``category_deny``, parsed."""
@@ -171,6 +181,7 @@ class Settings:
         if not 0.0 <= self.diversity <= 1.0:
             raise ConfigError("diversity", f"must be between 0 and 1, got {self.diversity}")
         _require("explanations", self.explanations, 0, 3)
+        self.variant_specs()  # raises ConfigError("variants", ...)
         _require("cold_start_events", self.cold_start_events, 0, 10_000)
         if not self.trending_half_life_s > 0:
             raise ConfigError("trending_half_life_s", "must be a positive number of seconds")

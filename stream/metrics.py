@@ -23,7 +23,7 @@ class Metrics:
         self.event_to_recommendation = Histogram(
             "streamrec_worker_event_to_recommendation_seconds",
             "Time from the event's ts to the generated_at of the list it triggered.",
-            ["event_type"], buckets=LATENCY_BUCKETS, registry=registry)
+            ["event_type", "variant"], buckets=LATENCY_BUCKETS, registry=registry)
         self.stage = Histogram(
             "streamrec_pipeline_stage_seconds", "Time spent per event in each stage of the data path.",
             ["stage"], buckets=STAGE_BUCKETS, registry=registry)
@@ -43,19 +43,20 @@ class Metrics:
             "streamrec_worker_erasures_total", "Users forgotten on request (state deleted, list tombstoned).",
             registry=registry)
         self.lists = Counter(
-            "streamrec_worker_recommendations_total", "Recommendation lists produced, by triggering event type.",
-            ["event_type"], registry=registry)
+            "streamrec_worker_recommendations_total",
+            "Recommendation lists produced, by triggering event type and A/B variant.",
+            ["event_type", "variant"], registry=registry)
         self.dead_letters = Counter(
             "streamrec_worker_dead_letters_total", "Records sent to the dead-letter topic, by source topic.",
             ["topic"], registry=registry)
         self.live_hits = Counter(
             "streamrec_live_hits_total",
             "Clicks/purchases whose item was in the last list the user received (prequential hit@k).",
-            ["event_type", "k"], registry=registry)
+            ["event_type", "k", "variant"], registry=registry)
         self.live_opportunities = Counter(
             "streamrec_live_opportunities_total",
             "Clicks/purchases of users who had received a list before (the hit-rate denominator).",
-            ["event_type", "k"], registry=registry)
+            ["event_type", "k", "variant"], registry=registry)
         self.consumer_lag = Gauge(
             "streamrec_worker_consumer_lag_messages", "Messages in an assigned input partition not yet processed.",
             ["topic", "partition"], registry=registry)
@@ -81,6 +82,7 @@ class Metrics:
             "streamrec_model_reload_failures_total",
             "Published models refused (missing, corrupt, wrong type); the previous model kept serving.",
             registry=registry)
-        self.model = Info("streamrec_model", "The model this worker serves.", registry=registry)
+        self.model = Info("streamrec_model", "The model this worker serves, per A/B variant.", ["variant"],
+                          registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole
             self.stage.labels(stage=stage)

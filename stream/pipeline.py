@@ -34,6 +34,7 @@ from stream.schemas import (
 from stream.served_model import ServedModel
 from stream.state import UserState
 from stream.trending import Trending
+from stream.variants import DEFAULT, Assignment, VariantSpec
 
 log = logging.getLogger(__name__)
 DIVERSITY_POOL = 4  # with diversity on, MMR picks k items out of the best k * this many
@@ -74,32 +75,58 @@ class Outcome:
     reason: str | None = None
 
 
+@dataclass
+class Arm:
+    """One A/B variant as served: its model (with its index) and its rules."""
+
+    name: str
+    served: ServedModel
+    rules: Rules
+
+
 class Recommender:
-    """Holds the served model (encoder + index), the catalog, the rules and the trending counts;
+    """Holds the variants (each a served model + rules), the catalog and the trending counts;
     ``handle`` is the per-event data path."""
 
     def __init__(self, encoder: UserEncoder | ServedModel, index: ItemIndex | None, rules: Rules,
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
-                 catalog: Catalog | None = None, trending: Trending | None = None) -> None:
+                 catalog: Catalog | None = None, trending: Trending | None = None,
+                 arms: list[Arm] | None = None, assignment: Assignment | None = None) -> None:
         if isinstance(encoder, ServedModel):
-            self.served = encoder
+            served = encoder
         else:
             assert index is not None, "an encoder needs its index"
-            self.served = ServedModel(encoder, index)
-        self.rules = rules
+            served = ServedModel(encoder, index)
+        self.arms = {arm.name: arm for arm in (arms or [Arm(DEFAULT, served, rules)])}
+        self.default = next(iter(self.arms.values()))
+        self.assignment = assignment or Assignment((VariantSpec(self.default.name, 1.0),), "")
         self.metrics = metrics
         self.clock = clock
         self.catalog = catalog if catalog is not None else Catalog()
         self.trending = trending if trending is not None else Trending(6 * 3600.0)
 
     @property
+    def served(self) -> ServedModel:
+        """The model served to the first (or only) variant."""
+        return self.default.served
+
+    @property
+    def rules(self) -> Rules:
+        """The rules of the first (or only) variant."""
+        return self.default.rules
+
+    @rules.setter
+    def rules(self, rules: Rules) -> None:
+        self.default.rules = rules
+
+    @property
     def encoder(self) -> UserEncoder:
-        """The encoder of the model served now."""
+        """The encoder of the model served (first variant)."""
         return self.served.encoder
 
     @property
     def index(self) -> ItemIndex:
-        """The index of the model served now."""
+        """The index of the model served (first variant)."""
         return self.served.index
 
     def handle(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source,
@@ -108,18 +135,20 @@ class Recommender:
 
         ``states`` is the user-state table; ``trending`` the table of trending counts (None: memory only)."""
         m = self.metrics
-        served = self.served  # one model for the whole event, even if a swap is pending
-        encoder, rules = served.encoder, self.rules
         t0 = time.perf_counter()
         if m:
             m.events.labels(event_type=event_type).inc()
         # 1. Validate.
         try:
-            event = decode_event(event_type, raw, source, max_bytes=rules.max_event_bytes,
-                                 max_future_skew_s=rules.max_future_skew_s, now=self.clock())
+            event = decode_event(event_type, raw, source, max_bytes=self.rules.max_event_bytes,
+                                 max_future_skew_s=self.rules.max_future_skew_s, now=self.clock())
             _check_key(key, event.user_id)
         except InvalidEvent as error:
             return self._rejected(event_type, error, raw, key, source)
+        # The user's variant: one model and rule set for the whole event, even if a swap is pending.
+        arm = self.arms[self.assignment.variant_of(event.user_id)]
+        served, rules = arm.served, arm.rules
+        encoder = served.encoder
         t1 = time.perf_counter()
         # 2. Encode the search text (searches only).
         text = encoder.encode_text(event.query) if event.query is not None else None
@@ -134,7 +163,7 @@ class Recommender:
         else:
             if event.item_id is not None:
                 if m:
-                    self._score_last_list(m, event, state)
+                    self._score_last_list(m, event, state, arm.name)
                     if not encoder.knows(event.item_id):
                         m.unknown_items.labels(event_type=event.type).inc()
                 self.trending.observe(source.partition, event.item_id, event.type, event.ts, trending)
@@ -167,7 +196,7 @@ class Recommender:
         items = explain(items, state.recent, event.query, served.unit_vectors_of, rules.explanations)
         t7 = time.perf_counter()
         # 8. The list; the state (with the list it got) is stored once per event.
-        rec = self._recommendation(event, items, served.version)
+        rec = self._recommendation(event, items, served.version, arm.name)
         state.last_list = [it.item_id for it in items]
         states[event.user_id] = state.to_bytes()
         t8 = time.perf_counter()
@@ -177,15 +206,18 @@ class Recommender:
             for stage, seconds in (("decode", t1 - t0), ("state", t3 - t2 + t8 - t7), ("query", t4 - t3),
                                    ("search", t5 - t4), ("rerank", t6 - t5), ("explain", t7 - t6)):
                 m.stage.labels(stage=stage).observe(seconds)
-            m.lists.labels(event_type=event.type).inc()
-            m.event_to_recommendation.labels(event_type=event.type).observe(max(rec.generated_at - event.ts, 0.0))
+            m.lists.labels(event_type=event.type, variant=arm.name).inc()
+            m.event_to_recommendation.labels(event_type=event.type, variant=arm.name).observe(
+                max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
 
     def apply_items(self, records: list[ItemRecord]) -> None:
         """Apply catalog changes and bring the served index in line (new, changed, unavailable, deleted)."""
         for record in records:
             self.catalog.apply(record)
-        added = self.served.sync([r.item_id for r in records], self.catalog, self.rules.filters)
+        added = 0
+        for arm in self.arms.values():
+            added += arm.served.sync([r.item_id for r in records], self.catalog, arm.rules.filters)
         if self.metrics:
             for record in records:
                 op = "delete" if record.deleted else "upsert"
@@ -194,14 +226,16 @@ class Recommender:
             self.metrics.index_items.set(len(self.served.index))
         log.debug("catalog: %d changes applied, %d items (re)indexed", len(records), added)
 
-    def swap(self, served: ServedModel, built_from_seq: int) -> None:
-        """Serve another model from the next event on; replays the catalog changes made while it was built.
+    def swap(self, served: ServedModel, built_from_seq: int, variant: str = DEFAULT) -> None:
+        """Serve another model to a variant from the next event on; replays the catalog changes made while
+        it was built.
 
         Runs on the event loop between two events, so no event sees half a swap; users' states are rebuilt
         from their recent events when they next arrive (``_load_state``)."""
-        served.sync(self.catalog.changed_since(built_from_seq), self.catalog, self.rules.filters)
-        self.served = served
-        if self.metrics:
+        arm = self.arms[variant]
+        served.sync(self.catalog.changed_since(built_from_seq), self.catalog, arm.rules.filters)
+        arm.served = served
+        if self.metrics and arm is self.default:
             self.metrics.index_items.set(len(served.index))
 
     def erase(self, raw: bytes | None, key: bytes | None, source: Source,
@@ -230,19 +264,20 @@ class Recommender:
             self.metrics.dead_letters.labels(topic=source.topic).inc()
         return Outcome(key, dead_letter(raw, key, error, source, self.clock()), True, reason=error.reason)
 
-    def _score_last_list(self, m: Metrics, event: Event, state: UserState) -> None:
+    def _score_last_list(self, m: Metrics, event: Event, state: UserState, variant: str) -> None:
         """Count a hit when the clicked/purchased item was in the list the user last received."""
         if not state.last_list:
             return
         k = str(self.rules.top_k)
-        m.live_opportunities.labels(event_type=event.type, k=k).inc()
+        m.live_opportunities.labels(event_type=event.type, k=k, variant=variant).inc()
         if event.item_id in state.last_list:
-            m.live_hits.labels(event_type=event.type, k=k).inc()
+            m.live_hits.labels(event_type=event.type, k=k, variant=variant).inc()
 
-    def _recommendation(self, event: Event, items: list[RecommendedItem], version: str) -> Recommendation:
+    def _recommendation(self, event: Event, items: list[RecommendedItem], version: str,
+                        variant: str) -> Recommendation:
         return Recommendation(user_id=event.user_id, items=tuple(items), model_version=version,
                               event_type=event.type, event_id=event.event_id, event_ts=event.ts,
-                              generated_at=self.clock())
+                              generated_at=self.clock(), variant=variant)
 
     def _load_state(self, raw: bytes | None, encoder: UserEncoder | None = None) -> UserState:
         """The stored state, a fresh one, or one rebuilt from history when it belongs to another model."""

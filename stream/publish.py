@@ -9,24 +9,27 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from stream.config import Settings
+from stream.errors import ConfigError
 from stream.kafka_clients import client_options
 from stream.schemas import ItemRecord, ModelRelease
 
-RELEASE_KEY = b"current"  # one key: compaction keeps only the latest release
 
-
-async def publish_model(settings: Settings, path: Path, check: bool = True) -> ModelRelease:
-    """Make an artifact the current model of every worker. With ``check``, the artifact is loaded here
-    first, so a broken one is refused before any worker sees it (workers check again regardless)."""
+async def publish_model(settings: Settings, path: Path, check: bool = True, variant: str = "default") -> ModelRelease:
+    """Make an artifact the current model of a variant on every worker. With ``check``, the artifact is
+    loaded here first, so a broken one is refused before any worker sees it (workers check again)."""
     from encoders.artifact import load_artifact, resolve_artifact
 
+    names = [spec.name for spec in settings.variant_specs()]
+    if variant not in names:
+        raise ConfigError("variants", f"no variant {variant!r} (declared: {', '.join(names)})")
     folder = resolve_artifact(path.resolve(), settings.model_type)
     version = load_artifact(folder).version if check else folder.name
-    release = ModelRelease(str(folder), version, time.time())
+    release = ModelRelease(str(folder), version, time.time(), variant)
     producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topic_models, release.to_json(), key=RELEASE_KEY)
+        # Keyed by variant: compaction keeps the latest release of each.
+        await producer.send_and_wait(settings.topic_models, release.to_json(), key=variant.encode())
     finally:
         await producer.stop()
     return release

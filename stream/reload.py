@@ -5,9 +5,10 @@ A topic rather than a watched folder: it reaches every worker on every host thro
 use, keeps the order of releases, and tells a worker that starts later which model is current. The
 artifact itself stays on storage the workers can read (the release names its path).
 
-A release that cannot be loaded (missing, corrupt, another model type) is refused with an error log line
-and a metric; the previous model keeps serving. If releases arrive while one is loading, only the newest
-is loaded next.
+A release names the A/B variant whose model it replaces. A release that cannot be loaded (missing,
+corrupt, another model type, an unknown variant) is refused with an error log line and a metric; the
+previous model keeps serving. If releases arrive while one is loading, only the newest per variant is
+loaded next.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ class ModelReloader:
         self.settings = settings
         self.recommender = recommender
         self.metrics = metrics
-        self._pending: ModelRelease | None = None
+        self._pending: dict[str, ModelRelease] = {}
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, release: ModelRelease) -> None:
-        """Load this release after the current one (replacing any release still waiting)."""
-        self._pending = release
+        """Load this release after the current one (replacing any release of its variant still waiting)."""
+        self._pending[release.variant] = release
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 
@@ -48,27 +49,34 @@ class ModelReloader:
             await asyncio.shield(self._task)
 
     async def _run(self) -> None:
-        while self._pending is not None:
-            release, self._pending = self._pending, None
+        while self._pending:
+            _, release = self._pending.popitem()
             await self._load(release)
 
     async def _load(self, release: ModelRelease) -> None:
-        current = self.recommender.served.version
-        if release.version == current:
-            return
-        catalog = self.recommender.catalog.copy()  # the live catalog keeps changing while this builds
-        filters = self.recommender.rules.filters
-        try:
-            served = await asyncio.to_thread(load_served_model, Path(release.path), self.settings, catalog, filters)
-            if served.version != release.version:
-                raise ArtifactError(f"{release.path} holds model {served.version}, the release says {release.version}")
-        except ArtifactError as exc:
-            log.error("model release %s refused, still serving %s: %s", release.version, current, exc)
+        arm = self.recommender.arms.get(release.variant)
+        if arm is None:
+            log.error("model release %s refused: no variant %r here", release.version, release.variant)
             if self.metrics:
                 self.metrics.model_reload_failures.inc()
             return
-        self.recommender.swap(served, catalog.seq)
-        log.info("now serving model %s (was %s)", served.version, current)
+        current = arm.served.version
+        if release.version == current:
+            return
+        catalog = self.recommender.catalog.copy()  # the live catalog keeps changing while this builds
+        try:
+            served = await asyncio.to_thread(load_served_model, Path(release.path), self.settings, catalog,
+                                             arm.rules.filters)
+            if served.version != release.version:
+                raise ArtifactError(f"{release.path} holds model {served.version}, the release says {release.version}")
+        except ArtifactError as exc:
+            log.error("model release %s refused, variant %s still serves %s: %s", release.version, release.variant,
+                      current, exc)
+            if self.metrics:
+                self.metrics.model_reload_failures.inc()
+            return
+        self.recommender.swap(served, catalog.seq, release.variant)
+        log.info("variant %s now serves model %s (was %s)", release.variant, served.version, current)
         if self.metrics:
             self.metrics.model_swaps.inc()
-            self.metrics.model.info(served.info())
+            self.metrics.model.labels(variant=release.variant).info(served.info())

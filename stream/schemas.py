@@ -102,16 +102,17 @@ class ItemRecord:
 
 @dataclass(frozen=True, slots=True)
 class ModelRelease:
-    """A published model (topic ``models``, key ``current``): where every worker loads it from."""
+    """A published model (topic ``models``, keyed by variant): where every worker loads it from."""
 
     path: str
     version: str
     published_at: float
+    variant: str = "default"  # the A/B variant whose model this replaces (the record's key)
 
     def to_json(self) -> bytes:
         """The wire format."""
         return orjson.dumps({"schema_version": SCHEMA_VERSION, "path": self.path, "version": self.version,
-                             "published_at": self.published_at})
+                             "published_at": self.published_at, "variant": self.variant})
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ class Recommendation:
     event_id: str
     event_ts: float
     generated_at: float
+    variant: str = "default"  # the A/B variant the user is in
 
     def to_json(self) -> bytes:
         """The documented wire format (README: "Recommendation record")."""
@@ -144,6 +146,7 @@ class Recommendation:
             "user_id": self.user_id,
             "items": [_item_json(it, n) for n, it in enumerate(self.items, 1)],
             "model_version": self.model_version,
+            "variant": self.variant,
             "event": {"type": self.event_type, "event_id": self.event_id, "ts": self.event_ts},
             "generated_at": self.generated_at,
         })
@@ -162,6 +165,7 @@ class Recommendation:
             event_id=event["event_id"],
             event_ts=float(event["ts"]),
             generated_at=float(body["generated_at"]),
+            variant=str(body.get("variant", "default")),
         )
 
 
@@ -281,7 +285,10 @@ def decode_release(raw: bytes | None, *, max_bytes: int = 65536) -> ModelRelease
         raise InvalidEvent("missing_field", "a model release needs path and version strings")
     if isinstance(published_at, bool) or not isinstance(published_at, (int, float)):
         raise InvalidEvent("wrong_type", "published_at must be a number (Unix seconds)")
-    return ModelRelease(path, version, float(published_at))
+    variant = body.get("variant", "default")
+    if not isinstance(variant, str) or not variant:
+        raise InvalidEvent("wrong_type", "variant must be a non-empty string")
+    return ModelRelease(path, version, float(published_at), variant)
 
 
 def _object(raw: bytes | None, max_bytes: int) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from encoders.artifact import save_artifact
@@ -14,3 +16,15 @@ def small_artifact(dataset: str, data_dir: Path, folder: Path) -> Path:
     events = load_events(dataset, data_dir)
     result = train(events, cell="gru", dim=32, hidden=32, config=TrainConfig(epochs=1, seed=7), progress=False)
     return save_artifact(result.model, result.item_ids, result.metrics, dataset, folder)
+
+
+def copy_artifact(source: Path, target: Path, version: str, corrupt: bool = False) -> Path:
+    """Another release of the same weights (a new version), or a corrupt one (truncated weights)."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["version"] = version
+    (target / "config.json").write_text(json.dumps(config))
+    if corrupt:
+        weights = target / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return target

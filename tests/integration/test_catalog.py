@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import time
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from stream.datasets import load_events
 from stream.processes import start_worker, stop_worker
 from stream.publish import publish_items, publish_model
 from stream.schemas import Event, ItemRecord, Recommendation
+from tests.artifacts import copy_artifact
 from tests.streaming import click, collect, send
 
 
@@ -124,18 +123,6 @@ async def lists_for(reader: RecommendationReader, users: list[str], item: str, t
     await send(reader.settings, [(reader.settings.topic_clicks, u.encode(), click(u, item, f"{u}-{tag}"))
                                  for u in users])
     return list((await collect(reader, {f"{u}-{tag}" for u in users}, timeout_s=15)).values())
-
-
-def copy_artifact(source: Path, target: Path, version: str, corrupt: bool = False) -> Path:
-    """Another release of the same weights (a new version), or a corrupt one (truncated weights)."""
-    shutil.copytree(source, target)
-    config = json.loads((target / "config.json").read_text())
-    config["version"] = version
-    (target / "config.json").write_text(json.dumps(config))
-    if corrupt:
-        weights = target / "model.safetensors"
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    return target
 
 
 def test_published_model_swaps_under_load_and_a_corrupt_one_is_refused(settings: Settings, tmp_path: Path) -> None:

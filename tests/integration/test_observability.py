@@ -121,7 +121,9 @@ def dashboard_targets() -> list[tuple[str, str]]:
     """(panel title, expr) for every query of the dashboard."""
     dashboard = json.loads(DASHBOARD.read_text())
     panels = [p for top in dashboard["panels"] for p in [top, *top.get("panels", [])]]
-    return [(p["title"], t["expr"]) for p in panels for t in p.get("targets", []) if t.get("expr")]
+    # Grafana fills in the variant selector; "All" is the regex .*
+    return [(p["title"], t["expr"].replace("$variant", ".*")) for p in panels for t in p.get("targets", [])
+            if t.get("expr")]
 
 
 def finite_values(answer: dict[str, Any]) -> list[float]:

@@ -59,8 +59,8 @@ def test_fifty_users_each_get_a_list_within_5_s(settings: Settings, worker: None
     assert all(rec.generated_at >= rec.event_ts for rec in got.values())
     with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    assert 'streamrec_worker_event_to_recommendation_seconds_count{event_type="click"}' in text
-    assert 'streamrec_worker_recommendations_total{event_type="click"}' in text
+    assert 'streamrec_worker_event_to_recommendation_seconds_count{event_type="click",variant="default"}' in text
+    assert 'streamrec_worker_recommendations_total{event_type="click",variant="default"}' in text
     logged = (settings.home / "worker.log").read_text()  # the worker logs at INFO (the default level)
     assert "Ready" in logged or "ready" in logged.lower()
     assert not [n for n in range(50) if f"user-{n}" in logged], "user ids appear in the worker's INFO log"

@@ -31,12 +31,12 @@ def test_each_registry_counts_on_its_own() -> None:
     a, b = CollectorRegistry(), CollectorRegistry()
     ma, _ = Metrics(a), Metrics(b)
     ma.events.labels(event_type="click").inc(3)
-    ma.event_to_recommendation.labels(event_type="click").observe(0.004)
+    ma.event_to_recommendation.labels(event_type="click", variant="default").observe(0.004)
     assert a.get_sample_value("streamrec_worker_events_total", {"event_type": "click"}) == 3
     assert b.get_sample_value("streamrec_worker_events_total", {"event_type": "click"}) is None
     assert a.get_sample_value("streamrec_worker_event_to_recommendation_seconds_bucket",
-                              {"event_type": "click", "le": "0.005"}) == 1
+                              {"event_type": "click", "variant": "default", "le": "0.005"}) == 1
     assert a.get_sample_value("streamrec_worker_event_to_recommendation_seconds_bucket",
-                              {"event_type": "click", "le": "0.003"}) == 0
+                              {"event_type": "click", "variant": "default", "le": "0.003"}) == 0
     text = generate_latest(a).decode()
     assert 'streamrec_worker_events_total{event_type="click"} 3.0' in text

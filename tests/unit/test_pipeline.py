@@ -32,9 +32,10 @@ def test_click_updates_state_and_returns_top_k(recommender: Recommender) -> None
     assert state.recent == [("click", item)] and state.events == 1
     assert state.vector.any()
     registry = recommender.metrics.registry  # type: ignore[union-attr]
-    assert registry.get_sample_value("streamrec_worker_recommendations_total", {"event_type": "click"}) == 1
+    labels = {"event_type": "click", "variant": "default"}
+    assert registry.get_sample_value("streamrec_worker_recommendations_total", labels) == 1
     assert registry.get_sample_value("streamrec_worker_event_to_recommendation_seconds_count",
-                                     {"event_type": "click"}) == 1
+                                     labels) == 1
 
 
 def test_purchased_items_are_never_recommended(recommender: Recommender) -> None:
@@ -113,7 +114,7 @@ def test_live_hit_rate_counts_items_from_the_last_list(recommender: Recommender)
     first = recommender.handle("click", raw, key, Source("clicks", 0, 0), states).recommendation
     assert first is not None
     registry = recommender.metrics.registry  # type: ignore[union-attr]
-    labels = {"event_type": "click", "k": "10"}
+    labels = {"event_type": "click", "k": "10", "variant": "default"}
     assert registry.get_sample_value("streamrec_live_opportunities_total", labels) is None  # no list before
     key, raw = click("u8", first.items[2].item_id, "e1")  # in the list: a hit
     second = recommender.handle("click", raw, key, Source("clicks", 0, 1), states).recommendation
