@@ -1,0 +1,181 @@
+"""Online evaluation: the held-out period replayed through the real broker and worker, scored from the
+``recommendations`` topic with the same metrics as the offline evaluation (encoders/evaluation.py).
+
+The events and targets are the offline ones: users in sorted order, each user's whole history in time order
+(the training period too, so the worker's state is what the offline scorer sees), and as targets every
+click/purchase at or after the artifact's temporal cutoff that has an event before it, until ``max_events``
+targets. A target is a hit at rank r when its item is at rank r of the list the worker produced after the
+user's previous event. Lists have 20 items (``top_k`` 20) and come from the serving path as deployed: HNSW,
+repeat scores, the purchased-items filter; trending blending and diversity are off, as offline.
+
+Each run uses its own app id and topics (a fresh consumer group and empty state) on the configured Kafka,
+started locally when it is the local default and not running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.config import Settings
+from stream.datasets import DatasetEvent, load_events
+from stream.schemas import Event, Recommendation
+
+LIST_SIZE = 20
+
+
+@dataclass
+class Plan:
+    """What to replay and what to score."""
+
+    events: list[tuple[str, DatasetEvent]]  # (event id, event) in replay order
+    targets: list[tuple[str, str, str]]  # (id of the user's previous event, target item, user)
+    popularity: Counter[str] = field(default_factory=Counter)  # training-period item counts (novelty)
+    n_items: int = 0
+
+
+def plan(events: list[DatasetEvent], cutoff: float, max_events: int) -> Plan:
+    """Pick the offline evaluation's users and targets, and the events to replay for them."""
+    by_user: dict[str, list[DatasetEvent]] = defaultdict(list)
+    for e in events:
+        by_user[e.user_id].append(e)
+    popularity = Counter(e.item_id for e in events if e.ts < cutoff and e.item_id is not None)
+    chosen: list[tuple[str, DatasetEvent]] = []
+    targets: list[tuple[str, str, str]] = []
+    for user in sorted(by_user):
+        history = by_user[user]
+        ids = [uuid.uuid4().hex for _ in history]
+        found = [(ids[t - 1], e.item_id, user) for t, e in enumerate(history)
+                 if t >= 1 and e.ts >= cutoff and e.type != "search" and e.item_id is not None]
+        if not found:
+            continue
+        chosen += list(zip(ids, history, strict=True))
+        targets += found
+        if len(targets) >= max_events:
+            break
+    chosen.sort(key=lambda pair: pair[1].ts)  # one stream in time order, as the data happened
+    return Plan(chosen, targets, popularity, len(popularity))
+
+
+def score(lists: dict[str, Recommendation], targets: list[tuple[str, str, str]], popularity: Counter[str],
+          n_items: int) -> dict[str, dict[str, float]]:
+    """Metrics per variant (and "all") from the lists answering each target's previous event."""
+    total = sum(popularity.values())
+    ranks: dict[str, list[int]] = defaultdict(list)
+    covered: dict[str, set[str]] = defaultdict(set)
+    novelty: dict[str, list[float]] = defaultdict(list)
+    missing = 0
+    for previous, item, _ in targets:
+        rec = lists.get(previous)
+        if rec is None:
+            missing += 1
+            continue
+        listed = [it.item_id for it in rec.items[:LIST_SIZE]]
+        rank = listed.index(item) if item in listed else n_items
+        info = [-math.log2(max(popularity.get(i, 0) / max(total, 1), 1e-12)) for i in listed]
+        for group in (rec.variant, "all"):
+            ranks[group].append(rank)
+            covered[group].update(listed)
+            novelty[group].append(float(np.mean(info)) if info else 0.0)
+    out = {}
+    for group, r in ranks.items():
+        a = np.asarray(r, dtype=np.float64)
+        out[group] = {"recall@10": float(np.mean(a < 10)), "recall@20": float(np.mean(a < 20)),
+                      "ndcg@10": float(np.mean(np.where(a < 10, 1.0 / np.log2(a + 2.0), 0.0))),
+                      "mrr@20": float(np.mean(np.where(a < 20, 1.0 / (a + 1.0), 0.0))),
+                      "coverage@20": len(covered[group]) / max(n_items, 1),
+                      "novelty": float(np.mean(novelty[group])), "events": int(a.size)}
+    out.setdefault("all", {})["unanswered"] = missing
+    return out
+
+
+async def _replay_and_collect(settings: Settings, the_plan: Plan, rate: float) -> dict[str, Recommendation]:
+    from aiokafka import AIOKafkaProducer
+
+    from stream.consume import RecommendationReader
+    from stream.kafka_clients import client_options
+
+    reader = RecommendationReader(settings, from_beginning=True)
+    await reader.start()
+    wanted = {previous for previous, _, _ in the_plan.targets}
+    lists: dict[str, Recommendation] = {}
+
+    async def collect() -> None:
+        async for rec, _ in reader.records(timeout_s=30.0):
+            if rec.event_id in wanted:
+                lists[rec.event_id] = rec
+                if len(lists) == len(wanted):
+                    return
+
+    collector = asyncio.create_task(collect())
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=2)
+    await producer.start()
+    started = time.perf_counter()
+    last: dict[str, tuple[str, asyncio.Future[Any]]] = {}  # user -> (topic, delivery) of the previous event
+    try:
+        for n, (event_id, e) in enumerate(the_plan.events):
+            if rate > 0:
+                await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            topic = settings.input_topics[e.type]
+            previous = last.get(e.user_id)
+            if previous is not None and previous[0] != topic:
+                await previous[1]  # a user's event on another topic must not overtake the one before it
+            wire = Event(e.type, e.user_id, time.time(), event_id, item_id=e.item_id, query=e.query,
+                         quantity=e.quantity, price=e.price)
+            last[e.user_id] = (topic, await producer.send(topic, wire.to_json(), key=e.user_id.encode()))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await collector
+    await reader.stop()
+    return lists
+
+
+def evaluate_online(settings: Settings, artifact: Path, rate: float = 400.0,
+                    max_events: int | None = None) -> dict[str, Any]:
+    """Replay, collect, score; returns online metrics per variant next to the artifact's offline ones."""
+    from encoders.artifact import load_artifact, resolve_artifact
+    from stream.broker import local_kafka
+    from stream.consume import wait_until_serving
+    from stream.processes import start_worker, stop_worker
+    from stream.topics import ensure_topics
+
+    loaded = load_artifact(resolve_artifact(artifact))
+    cutoff = float(loaded.metrics["split"]["cutoff_ts"])
+    limit = max_events or int(loaded.metrics.get("train", {}).get("max_eval_events", 20_000))
+    the_plan = plan(load_events(loaded.dataset, settings.data_dir), cutoff, limit)
+    tag = f"online-{time.strftime('%Y%m%dT%H%M%S')}"
+    run = settings.replace(
+        app_id=tag, model_path=loaded.path, top_k=LIST_SIZE, cold_start_events=0, diversity=0.0,
+        topic_clicks=f"{tag}-clicks", topic_searches=f"{tag}-searches", topic_purchases=f"{tag}-purchases",
+        topic_recommendations=f"{tag}-recommendations", topic_dead_letters=f"{tag}-dead-letters",
+        topic_erasures=f"{tag}-erasures", topic_items=f"{tag}-items", topic_models=f"{tag}-models").validate()
+    kafka = local_kafka(run) if run.bootstrap_servers == Settings().bootstrap_servers else None
+    started_broker = kafka is not None and not kafka.is_running()
+    if kafka is not None:
+        kafka.start()
+    worker = None
+    try:
+        asyncio.run(ensure_topics(run))
+        worker = start_worker(run, loaded.path, run.home / "logs" / f"{tag}.log")
+        asyncio.run(wait_until_serving(run, timeout_s=120, alive=lambda: worker is not None and worker.poll() is None))
+        began = time.perf_counter()
+        lists = asyncio.run(_replay_and_collect(run, the_plan, rate))
+        seconds = time.perf_counter() - began
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if started_broker and kafka is not None:
+            kafka.stop()
+    online = score(lists, the_plan.targets, the_plan.popularity, the_plan.n_items)
+    offline = loaded.metrics.get("eval", {})
+    return {"artifact": str(loaded.path), "dataset": loaded.dataset, "events_replayed": len(the_plan.events),
+            "targets": len(the_plan.targets), "seconds": round(seconds, 1), "online": online, "offline": offline}
