@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoders.gru import TYPE_IDS, NumpyRecurrentStep, RecurrentConfig, RecurrentModel, query_tokens
+from encoders.events import TYPE_IDS, query_tokens
+from encoders.gru import NumpyRecurrentStep, RecurrentConfig, RecurrentModel
 from encoders.text import TextEncoder
 from stream.datasets import DatasetEvent, load_events
 

@@ -15,23 +15,33 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from encoders.gru import SEARCH_TYPE, RecurrentModel
+from encoders.events import SEARCH_TYPE
+from encoders.models import SequenceModel
+from encoders.repeat import NumpyRepeatHead
 from encoders.sequences import UserSequence
 
 # scores(sequence, positions) -> (P, n_items + 1): scores for the event at each position, from events before it
 Scorer = Callable[[UserSequence, list[int]], np.ndarray]
 
 
-def model_scorer(model: RecurrentModel) -> Scorer:
-    """A scorer running the model once over the whole sequence and reading the query before each target."""
+def model_scorer(model: SequenceModel) -> Scorer:
+    """A scorer reading the model's query after the events before each target;
+    the repeat head (if any) adds its bonus through the numpy code that serving uses."""
+    head = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
+    item_emb = model.item_emb.weight.detach().numpy()  # (n_items + 1, dim)
 
     @torch.inference_mode()
     def scores(seq: UserSequence, positions: list[int]) -> np.ndarray:
         model.eval()
-        queries, _ = model(torch.from_numpy(seq.items[None]), torch.from_numpy(seq.types[None]),
-                           torch.from_numpy(seq.tokens[None]))  # (1, T, dim)
-        before = torch.as_tensor([t - 1 for t in positions])
-        out: np.ndarray = (queries[0, before] @ model.item_emb.weight.T).numpy()  # (P, n_items + 1)
+        q = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
+                                  torch.from_numpy(seq.tokens), positions).numpy()  # (P, dim)
+        out: np.ndarray = q @ item_emb.T  # (P, n_items + 1)
+        if head is not None:
+            item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))
+            for p, t in enumerate(positions):
+                recent = item_events[item_events < t][-head.window:]
+                rows, bonus = head.bonus(q[p], seq.items[recent], seq.types[recent])
+                out[p, rows] += bonus
         return out
 
     return scores

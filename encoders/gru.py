@@ -7,20 +7,15 @@ between the query vector and item embeddings, so the serving index uses inner-pr
 
 from __future__ import annotations
 
-import re
-import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional
 
-# Event-type ids fed to the model; 0 pads sequences.
-TYPE_IDS = {"click": 1, "search": 2, "purchase": 3}
-SEARCH_TYPE = TYPE_IDS["search"]  # searches carry no item
-_TOKEN = re.compile(r"[a-z0-9]+")
+from encoders.events import TYPE_IDS
+from encoders.repeat import RepeatHead, next_item_loss
 
 
 @dataclass(frozen=True)
@@ -34,6 +29,7 @@ class RecurrentConfig:
     query_buckets: int = 16384  # hashed token vocabulary for search queries
     max_query_tokens: int = 8  # tokens of a query that are used
     dropout: float = 0.1  # on the step inputs, training only
+    repeat_window: int = 0  # recent item events the repeat head scores (0 = no head, as before issue 8)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -43,16 +39,6 @@ class RecurrentConfig:
     def state_size(self) -> int:
         """Floats per user in the stored recurrent state."""
         return self.hidden * (2 if self.cell == "lstm" else 1)
-
-
-def query_tokens(text: str, buckets: int, max_tokens: int) -> list[int]:
-    """Hash a free-text query into at most ``max_tokens`` bucket ids in 1..buckets-1 (0 pads).
-
-    crc32 rather than hash() so ids are stable across processes (PYTHONHASHSEED).
-    """
-    words = _TOKEN.findall(text.lower())[:max_tokens]
-    tokens = [zlib.crc32(w.encode()) % (buckets - 1) + 1 for w in words]
-    return tokens + [0] * (max_tokens - len(tokens))
 
 
 class RecurrentModel(nn.Module):
@@ -70,6 +56,7 @@ class RecurrentModel(nn.Module):
         self.rnn = rnn_cls(config.dim, config.hidden, batch_first=True)
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, config.dim)
+        self.repeat = RepeatHead(config.dim, config.repeat_window) if config.repeat_window else None
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -88,13 +75,13 @@ class RecurrentModel(nn.Module):
         queries = self.out(hidden)  # (B, T, dim)
         if targets is None:
             return queries, None
-        has_target = targets != 0  # score only positions with a next item: short sessions are mostly padding
-        if not bool(has_target.any()):
-            return queries, queries.sum() * 0.0
-        logits = queries[has_target] @ self.item_emb.weight.T  # (N, n_items + 1)
-        logits[:, 0] = float("-inf")  # never predict padding
-        loss = functional.cross_entropy(logits, targets[has_target])
-        return queries, loss
+        return queries, next_item_loss(queries, self.item_emb.weight, self.repeat, items, types, targets)
+
+    def history_queries(self, items: Tensor, types: Tensor, tokens: Tensor, ends: list[int]) -> Tensor:
+        """The query after the first ``end`` events of one sequence (T,), for each end: (P, dim)."""
+        queries, _ = self(items[None], types[None], tokens[None])  # (1, T, dim)
+        out: Tensor = queries[0, [e - 1 for e in ends]]
+        return out
 
     def initial_state(self, batch: int = 1) -> Tensor:
         """Zero state, (B, state_size)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.gru import TYPE_IDS, query_tokens
+from encoders.events import TYPE_IDS, query_tokens
 from stream.datasets import DatasetEvent
 
 

@@ -1,7 +1,8 @@
 """The serving face of a trained model: numpy in, numpy out, one event at a time.
 
-The worker never calls torch: the model's weights are copied into a numpy step (encoders/gru.py), and this
-adapter owns the id -> row map and the query tokeniser, so the data path stays model-agnostic.
+The worker never calls torch: the model's weights are copied into a numpy step (encoders/gru.py,
+encoders/transformer.py), and this adapter owns the id -> row map, the query tokeniser and the repeat head
+(the same numpy code that scores the offline evaluation), so the data path stays model-agnostic.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 import numpy as np
 
 from encoders.artifact import ModelArtifact
-from encoders.gru import TYPE_IDS, NumpyRecurrentStep, query_tokens
+from encoders.events import TYPE_IDS, query_tokens
+from encoders.gru import NumpyRecurrentStep
+from encoders.repeat import NumpyRepeatHead
+from encoders.transformer import NumpySasrecStep, SasrecModel
 
 
 class UserEncoder:
-    """Steps a user's recurrent state and turns it into a query vector for the item index."""
+    """Steps a user's state (recurrent state or event window) and turns it into a query vector for the index."""
 
     def __init__(self, artifact: ModelArtifact) -> None:
-        self._step = NumpyRecurrentStep(artifact.model.eval())
+        model = artifact.model.eval()
+        self._step = NumpySasrecStep(model) if isinstance(model, SasrecModel) else NumpyRecurrentStep(model)
+        self._repeat = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
         self.version = artifact.version
-        self.model_type = artifact.model.config.cell  # "gru", "lstm" (later "sasrec")
+        self.model_type = model.config.cell  # "gru", "lstm" or "sasrec"
         self.item_ids = artifact.item_ids
         self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
         config = artifact.model.config
@@ -62,9 +68,14 @@ class UserEncoder:
         return None
 
     def repeat_scores(self, query: np.ndarray, recent: list[tuple[str, str]]) -> dict[str, float]:
-        """Scores (replacing the index's inner product) for items the model rates beyond the inner product,
-        such as repeats of the user's recent items; empty for a model without such a head."""
-        return {}
+        """Scores (replacing the index's inner product) of the user's recent items: inner product plus the
+        repeat head's bonus, exactly as the offline evaluation scores them; empty without a repeat head."""
+        if self._repeat is None or not recent:
+            return {}
+        rows = [self._rows.get(item, 0) for _, item in recent]
+        rows_u, bonus = self._repeat.bonus(query, rows, [TYPE_IDS[kind] for kind, _ in recent])
+        base = self._step.item_emb[rows_u] @ query
+        return {self.item_ids[r - 1]: float(s + b) for r, s, b in zip(rows_u, base, bonus, strict=True)}
 
     def item_vectors(self) -> np.ndarray:
         """(n_items, dim) item embeddings in ``item_ids`` order."""

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from encoders.baselines import ItemKnn, Popularity
 from encoders.evaluation import evaluate, model_scorer
-from encoders.gru import RecurrentConfig, RecurrentModel
+from encoders.models import SequenceModel, build_model
 from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
+from encoders.transformer import SasrecConfig
 from stream.datasets import DatasetEvent
 
 
@@ -30,7 +31,7 @@ class TrainConfig:
 
     epochs: int = 6
     batch_size: int = 64
-    window: int = 64  # training sequence length (truncated back-propagation)
+    window: int = 64  # training sequence length of the recurrent models (truncated back-propagation)
     lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 42
@@ -42,7 +43,7 @@ class TrainConfig:
 class TrainResult:
     """A trained model with its vocabulary and measured quality."""
 
-    model: RecurrentModel
+    model: SequenceModel
     item_ids: list[str]
     metrics: dict[str, Any]
 
@@ -54,17 +55,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(events: Sequence[DatasetEvent], cell: str = "gru", dim: int = 64, hidden: int = 64,
-          config: TrainConfig = TrainConfig(), progress: bool = True) -> TrainResult:
-    """Fit a GRU/LSTM on the pre-cutoff events and evaluate it on the rest."""
+def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig = TrainConfig(),
+          progress: bool = True, options: dict[str, Any] | None = None) -> TrainResult:
+    """Fit a model (gru, lstm or sasrec) on the pre-cutoff events and evaluate it on the rest; ``options``
+    are fields of the model's config dataclass."""
     seed_everything(config.seed)
     started = time.perf_counter()
     cutoff = temporal_cutoff(events, config.test_fraction)
     vocabulary = build_vocabulary(events, cutoff)
-    model_config = RecurrentConfig(n_items=len(vocabulary), cell=cell, dim=dim, hidden=hidden)
+    model = build_model(cell, len(vocabulary), options)
+    model_config = model.config
     sequences = build_sequences(events, vocabulary, model_config.query_buckets, model_config.max_query_tokens)
-    arrays = [torch.from_numpy(a) for a in training_windows(sequences, cutoff, config.window)]
-    model = RecurrentModel(model_config)
+    window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
+    arrays = [torch.from_numpy(a) for a in training_windows(sequences, cutoff, window)]
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     n = arrays[0].shape[0]
