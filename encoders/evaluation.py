@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from encoders.baselines import ItemKnn, Popularity
 from encoders.events import SEARCH_TYPE
 from encoders.models import SequenceModel
 from encoders.repeat import NumpyRepeatHead
@@ -98,3 +99,12 @@ def _metrics(ranks: list[int], covered: int, n_items: int, novelty: list[float])
         "novelty": float(np.mean(novelty)),
         "events": int(r.size),
     }
+
+
+def evaluate_model(name: str, model: SequenceModel, sequences: dict[str, UserSequence], cutoff: float,
+                   n_items: int, max_events: int) -> dict[str, dict[str, float]]:
+    """Metrics of the model (under ``name``) and of popularity and item-kNN fitted on the same split."""
+    popularity = Popularity(sequences, cutoff, n_items)
+    knn = ItemKnn(sequences, cutoff, n_items)
+    return evaluate({name: model_scorer(model), "popularity": popularity.scores, "item_knn": knn.scores},
+                    sequences, cutoff, n_items, popularity.counts, max_events=max_events)

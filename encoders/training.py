@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.baselines import ItemKnn, Popularity
-from encoders.evaluation import evaluate, model_scorer
+from encoders.evaluation import evaluate_model
 from encoders.models import SequenceModel, build_model
 from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
 from encoders.transformer import SasrecConfig
@@ -37,6 +36,7 @@ class TrainConfig:
     seed: int = 42
     test_fraction: float = 0.1  # latest share of events (by time) held out for evaluation
     max_eval_events: int = 20_000
+    searches: bool = True  # False drops search events (after the split), for the with/without comparison
 
 
 @dataclass
@@ -62,6 +62,7 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
     seed_everything(config.seed)
     started = time.perf_counter()
     cutoff = temporal_cutoff(events, config.test_fraction)
+    events = events if config.searches else [e for e in events if e.type != "search"]
     vocabulary = build_vocabulary(events, cutoff)
     model = build_model(cell, len(vocabulary), options)
     model_config = model.config
@@ -94,10 +95,7 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / n)
     bar.close()
-    popularity = Popularity(sequences, cutoff, len(vocabulary))
-    knn = ItemKnn(sequences, cutoff, len(vocabulary))
-    quality = evaluate({cell: model_scorer(model), "popularity": popularity.scores, "item_knn": knn.scores},
-                       sequences, cutoff, len(vocabulary), popularity.counts, max_events=config.max_eval_events)
+    quality = evaluate_model(cell, model, sequences, cutoff, len(vocabulary), config.max_eval_events)
     model.eval()
     metrics = {
         "split": {"kind": "temporal", "test_fraction": config.test_fraction, "cutoff_ts": cutoff,
