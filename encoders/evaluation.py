@@ -25,17 +25,22 @@ from encoders.sequences import UserSequence
 Scorer = Callable[[UserSequence, list[int]], np.ndarray]
 
 
-def model_scorer(model: SequenceModel) -> Scorer:
+def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) -> Scorer:
     """A scorer reading the model's query after the events before each target;
-    the repeat head (if any) adds its bonus through the numpy code that serving uses."""
+    the repeat head (if any) adds its bonus through the numpy code that serving uses. ``query_vectors`` are
+    the MiniLM vectors of the sequences' query rows, for a model with a text tower."""
     head = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
-    item_emb = model.item_emb.weight.detach().numpy()  # (n_items + 1, dim)
+    model.eval()
+    item_emb = model.item_weight().detach().numpy()  # (n_items + 1, dim)
 
     @torch.inference_mode()
     def scores(seq: UserSequence, positions: list[int]) -> np.ndarray:
         model.eval()
+        text = None
+        if query_vectors is not None and seq.queries is not None:
+            text = torch.from_numpy(query_vectors[seq.queries])  # (T, text_dim)
         q = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
-                                  torch.from_numpy(seq.tokens), positions).numpy()  # (P, dim)
+                                  torch.from_numpy(seq.tokens), positions, text).numpy()  # (P, dim)
         out: np.ndarray = q @ item_emb.T  # (P, n_items + 1)
         if head is not None:
             item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))
@@ -102,9 +107,10 @@ def _metrics(ranks: list[int], covered: int, n_items: int, novelty: list[float])
 
 
 def evaluate_model(name: str, model: SequenceModel, sequences: dict[str, UserSequence], cutoff: float,
-                   n_items: int, max_events: int) -> dict[str, dict[str, float]]:
+                   n_items: int, max_events: int,
+                   query_vectors: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Metrics of the model (under ``name``) and of popularity and item-kNN fitted on the same split."""
     popularity = Popularity(sequences, cutoff, n_items)
     knn = ItemKnn(sequences, cutoff, n_items)
-    return evaluate({name: model_scorer(model), "popularity": popularity.scores, "item_knn": knn.scores},
+    return evaluate({name: model_scorer(model, query_vectors), "popularity": popularity.scores, "item_knn": knn.scores},
                     sequences, cutoff, n_items, popularity.counts, max_events=max_events)

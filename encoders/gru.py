@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional
 
 from encoders.events import TYPE_IDS
+from encoders.item_tower import TextProjection
 from encoders.repeat import RepeatHead, next_item_loss
 
 
@@ -30,6 +32,8 @@ class RecurrentConfig:
     max_query_tokens: int = 8  # tokens of a query that are used
     dropout: float = 0.1  # on the step inputs, training only
     repeat_window: int = 0  # recent item events the repeat head scores (0 = no head, as before issue 8)
+    text_dim: int = 0  # MiniLM vector size of the item tower's text half (0 = id embeddings only)
+    id_dropout: float = 0.1  # share of item ids hidden per training batch when text_dim > 0 (cold start)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -57,29 +61,44 @@ class RecurrentModel(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, config.dim)
         self.repeat = RepeatHead(config.dim, config.repeat_window) if config.repeat_window else None
+        self.text = TextProjection(config.n_items, config.text_dim, config.dim, config.id_dropout) \
+            if config.text_dim else None
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def embed(self, items: Tensor, types: Tensor, tokens: Tensor) -> Tensor:
-        """Step inputs: items, types (B, T) and tokens (B, T, Q) -> (B, T, dim)."""
-        b, t, q = tokens.shape
-        text = self.query_emb(tokens.reshape(b * t, q)).reshape(b, t, -1)
-        x: Tensor = self.drop(self.item_emb(items) + self.type_emb(types) + text)
-        return x
+    def item_weight(self) -> Tensor:
+        """Item vectors (n_items + 1, dim): id embeddings, plus the projected title vectors with a text tower."""
+        weight: Tensor = self.item_emb.weight
+        return self.text.item_weight(weight) if self.text is not None else weight
 
-    def forward(self, items: Tensor, types: Tensor, tokens: Tensor,
-                targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Query vectors after each step (B, T, dim) and, given next-item targets (B, T; 0 = none), the loss."""
-        hidden, _ = self.rnn(self.embed(items, types, tokens))  # (B, T, H)
+    def embed(self, items: Tensor, types: Tensor, tokens: Tensor, text: Tensor | None = None,
+              item_weight: Tensor | None = None) -> Tensor:
+        """Step inputs: items, types (B, T), tokens (B, T, Q), query text vectors (B, T, text_dim) -> (B, T, dim)."""
+        b, t, q = tokens.shape
+        weight = self.item_weight() if item_weight is None else item_weight
+        x = functional.embedding(items, weight) + self.type_emb(types)
+        x = x + self.query_emb(tokens.reshape(b * t, q)).reshape(b, t, -1)
+        if text is not None and self.text is not None:
+            x = x + self.text(text)
+        out: Tensor = self.drop(x)
+        return out
+
+    def forward(self, items: Tensor, types: Tensor, tokens: Tensor, targets: Tensor | None = None,
+                text: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Query vectors after each step (B, T, dim) and, given next-item targets (B, T; 0 = none), the loss.
+        ``text`` (B, T, text_dim) holds the MiniLM vectors of search queries (zero elsewhere)."""
+        weight = self.item_weight()  # once per batch: the id dropout must be the same for inputs and outputs
+        hidden, _ = self.rnn(self.embed(items, types, tokens, text, weight))  # (B, T, H)
         queries = self.out(hidden)  # (B, T, dim)
         if targets is None:
             return queries, None
-        return queries, next_item_loss(queries, self.item_emb.weight, self.repeat, items, types, targets)
+        return queries, next_item_loss(queries, weight, self.repeat, items, types, targets)
 
-    def history_queries(self, items: Tensor, types: Tensor, tokens: Tensor, ends: list[int]) -> Tensor:
+    def history_queries(self, items: Tensor, types: Tensor, tokens: Tensor, ends: list[int],
+                        text: Tensor | None = None) -> Tensor:
         """The query after the first ``end`` events of one sequence (T,), for each end: (P, dim)."""
-        queries, _ = self(items[None], types[None], tokens[None])  # (1, T, dim)
+        queries, _ = self(items[None], types[None], tokens[None], text=None if text is None else text[None])
         out: Tensor = queries[0, [e - 1 for e in ends]]
         return out
 
@@ -87,9 +106,12 @@ class RecurrentModel(nn.Module):
         """Zero state, (B, state_size)."""
         return torch.zeros(batch, self.config.state_size)
 
-    def step(self, state: Tensor, items: Tensor, types: Tensor, tokens: Tensor) -> Tensor:
-        """Advance B users by one event: state (B, S), items/types (B,), tokens (B, Q) -> new state (B, S)."""
-        x = self.embed(items[:, None], types[:, None], tokens[:, None, :])  # (B, 1, dim)
+    def step(self, state: Tensor, items: Tensor, types: Tensor, tokens: Tensor,
+             text: Tensor | None = None) -> Tensor:
+        """Advance B users by one event: state (B, S), items/types (B,), tokens (B, Q), text (B, text_dim)
+        -> new state (B, S)."""
+        x = self.embed(items[:, None], types[:, None], tokens[:, None, :],
+                       None if text is None else text[:, None])  # (B, 1, dim)
         if self.config.cell == "gru":
             _, h = self.rnn(x, state[None])  # h: (1, B, H)
             new: Tensor = h[0]
@@ -105,8 +127,7 @@ class RecurrentModel(nn.Module):
 
     def item_vectors(self) -> Tensor:
         """Item embeddings in index order, without the padding row: (n_items, dim)."""
-        weights: Tensor = self.item_emb.weight[1:]
-        return weights
+        return self.item_weight()[1:]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -131,7 +152,8 @@ class NumpyRecurrentStep:
             assert isinstance(t, Tensor)
             return t.detach().cpu().numpy().astype(np.float32).copy()
 
-        self.item_emb = array(model.item_emb.weight)  # (n_items + 1, dim)
+        self.item_emb = array(model.item_weight())  # (n_items + 1, dim), id + projected text (eval mode)
+        self.text_proj = array(model.text.proj.weight).T.copy() if model.text is not None else None  # (384, dim)
         self.type_emb = array(model.type_emb.weight)  # (types + 1, dim)
         self.query_emb = array(model.query_emb.weight)  # (buckets, dim); row 0 is padding
         self.w_ih = array(model.rnn.weight_ih_l0).T.copy()  # (dim, G*H), G = 3 (GRU) or 4 (LSTM)
@@ -141,9 +163,12 @@ class NumpyRecurrentStep:
         self.w_out = array(model.out.weight).T.copy()  # (H, dim)
         self.b_out = array(model.out.bias)
 
-    def inputs(self, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Step inputs for B events: rows, types (B,), tokens (B, Q) -> (B, dim)."""
+    def inputs(self, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray,
+               text: np.ndarray | None = None) -> np.ndarray:
+        """Step inputs for B events: rows, types (B,), tokens (B, Q), query vectors (B, text_dim) -> (B, dim)."""
         x = self.item_emb[rows] + self.type_emb[types]
+        if text is not None and self.text_proj is not None:
+            x = x + text @ self.text_proj
         mask = tokens != 0
         counts = mask.sum(axis=1, keepdims=True)
         if counts.any():  # EmbeddingBag(mode="mean", padding_idx=0): mean over non-padding tokens
@@ -152,9 +177,10 @@ class NumpyRecurrentStep:
         out: np.ndarray = x
         return out
 
-    def step(self, state: np.ndarray, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    def step(self, state: np.ndarray, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray,
+             text: np.ndarray | None = None) -> np.ndarray:
         """New states (B, S) after one event each."""
-        x = self.inputs(rows, types, tokens)
+        x = self.inputs(rows, types, tokens, text)
         h_size = self.hidden
         if self.cell == "gru":
             h = state

@@ -15,6 +15,7 @@ from typing import Any
 
 from encoders.artifact import ModelArtifact, load_artifact
 from encoders.evaluation import evaluate_model
+from encoders.item_tower import TextTable
 from encoders.sequences import build_sequences
 from stream.datasets import load_events
 from stream.errors import ArtifactError
@@ -33,9 +34,15 @@ def evaluate_artifact(artifact: ModelArtifact, data_dir: Path, max_events: int) 
     if not train.get("searches", True):
         events = [e for e in events if e.type != "search"]
     config = artifact.model.config
-    sequences = build_sequences(events, artifact.item_ids, config.query_buckets, config.max_query_tokens)
+    queries = None
+    if getattr(config, "text_dim", 0):  # the item tower reads search queries as MiniLM vectors
+        from encoders.text import TextEncoder
+
+        queries = TextTable((e.query for e in events), TextEncoder().encode)
+    sequences = build_sequences(events, artifact.item_ids, config.query_buckets, config.max_query_tokens,
+                                queries.rows if queries is not None else None)
     return evaluate_model(config.cell, artifact.model, sequences, float(split["cutoff_ts"]),
-                          len(artifact.item_ids), max_events)
+                          len(artifact.item_ids), max_events, queries.vectors if queries is not None else None)
 
 
 def evaluate_artifacts(paths: Sequence[Path], data_dir: Path, out: Path,

@@ -18,6 +18,8 @@ import torch
 from tqdm import tqdm
 
 from encoders.evaluation import evaluate_model
+from encoders.gru import RecurrentModel
+from encoders.item_tower import TextTable
 from encoders.models import SequenceModel, build_model
 from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
 from encoders.transformer import SasrecConfig
@@ -56,19 +58,34 @@ def seed_everything(seed: int) -> None:
 
 
 def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig = TrainConfig(),
-          progress: bool = True, options: dict[str, Any] | None = None) -> TrainResult:
+          progress: bool = True, options: dict[str, Any] | None = None,
+          item_texts: dict[str, str] | None = None) -> TrainResult:
     """Fit a model (gru, lstm or sasrec) on the pre-cutoff events and evaluate it on the rest; ``options``
-    are fields of the model's config dataclass."""
+    are fields of the model's config dataclass. With ``item_texts`` (item id -> title) a GRU/LSTM gets the
+    text half of the item tower, and search queries enter through the same projection."""
     seed_everything(config.seed)
     started = time.perf_counter()
     cutoff = temporal_cutoff(events, config.test_fraction)
     events = events if config.searches else [e for e in events if e.type != "search"]
     vocabulary = build_vocabulary(events, cutoff)
+    queries: TextTable | None = None
+    texts = item_texts or {}
+    if texts and cell != "sasrec":
+        from encoders.text import DIM, TextEncoder
+
+        encoder = TextEncoder()
+        titles = TextTable((texts.get(item) for item in vocabulary), encoder.encode)
+        queries = TextTable((e.query for e in events), encoder.encode)
+        options = {"text_dim": DIM} | (options or {})
     model = build_model(cell, len(vocabulary), options)
     model_config = model.config
-    sequences = build_sequences(events, vocabulary, model_config.query_buckets, model_config.max_query_tokens)
+    if queries is not None and isinstance(model, RecurrentModel) and model.text is not None:
+        model.text.set_item_text(titles.vectors[titles.index([None, *(texts.get(i) for i in vocabulary)])])
+    sequences = build_sequences(events, vocabulary, model_config.query_buckets, model_config.max_query_tokens,
+                                queries.rows if queries is not None else None)
     window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
     arrays = [torch.from_numpy(a) for a in training_windows(sequences, cutoff, window)]
+    query_vectors = torch.from_numpy(queries.vectors) if queries is not None else None
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     n = arrays[0].shape[0]
@@ -81,10 +98,12 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
         total = 0.0
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
-            items, types, tokens, targets = (a[idx] for a in arrays)
+            items, types, tokens, targets, query_rows = (a[idx] for a in arrays)
             length = int((types != 0).sum(dim=1).max())  # windows are padded at the end: trim the batch
-            items, types, tokens, targets = (a[:, :length] for a in (items, types, tokens, targets))
-            _, loss = model(items, types, tokens, targets)
+            items, types, tokens, targets, query_rows = (a[:, :length] for a in (items, types, tokens, targets,
+                                                                                 query_rows))
+            text = query_vectors[query_rows] if query_vectors is not None else None  # (B, T, text_dim)
+            _, loss = model(items, types, tokens, targets, text=text)
             assert loss is not None
             optimiser.zero_grad()
             loss.backward()
@@ -95,7 +114,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / n)
     bar.close()
-    quality = evaluate_model(cell, model, sequences, cutoff, len(vocabulary), config.max_eval_events)
+    quality = evaluate_model(cell, model, sequences, cutoff, len(vocabulary), config.max_eval_events,
+                             queries.vectors if queries is not None else None)
     model.eval()
     metrics = {
         "split": {"kind": "temporal", "test_fraction": config.test_fraction, "cutoff_ts": cutoff,

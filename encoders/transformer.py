@@ -100,10 +100,10 @@ class SasrecModel(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def forward(self, items: Tensor, types: Tensor, tokens: Tensor,
-                targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, items: Tensor, types: Tensor, tokens: Tensor, targets: Tensor | None = None,
+                text: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Query vectors after each step (B, T, dim), T <= window, and, given next-item targets (B, T;
-        0 = none), the loss."""
+        0 = none), the loss. ``text`` is unused: this model reads queries as hashed tokens only."""
         b, t, q = tokens.shape
         if t > self.config.window:
             raise ValueError(f"sequence of {t} events is longer than the window {self.config.window}")
@@ -117,8 +117,10 @@ class SasrecModel(nn.Module):
             return queries, None
         return queries, next_item_loss(queries, self.item_emb.weight, self.repeat, items, types, targets)
 
-    def history_queries(self, items: Tensor, types: Tensor, tokens: Tensor, ends: list[int]) -> Tensor:
-        """The query after the first ``end`` events of one sequence (T,), for each end: (P, dim)."""
+    def history_queries(self, items: Tensor, types: Tensor, tokens: Tensor, ends: list[int],
+                        text: Tensor | None = None) -> Tensor:
+        """The query after the first ``end`` events of one sequence (T,), for each end: (P, dim); ``text`` is
+        unused (this model reads queries as hashed tokens only)."""
         w = self.config.window
         starts = [max(0, e - w) for e in ends]
         length = max(e - s for s, e in zip(starts, ends, strict=True))
@@ -132,6 +134,11 @@ class SasrecModel(nn.Module):
         last = torch.as_tensor([e - s - 1 for s, e in zip(starts, ends, strict=True)])
         out: Tensor = queries[torch.arange(len(ends)), last]
         return out
+
+    def item_weight(self) -> Tensor:
+        """Item vectors (n_items + 1, dim), row 0 padding."""
+        weight: Tensor = self.item_emb.weight
+        return weight
 
     def item_vectors(self) -> Tensor:
         """Item embeddings in index order, without the padding row: (n_items, dim)."""

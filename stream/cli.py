@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a field of the model's config dataclass, e.g. dim=128 (repeatable)")
     t.add_argument("--no-searches", dest="searches", action="store_false",
                    help="drop search events (the with/without-searches comparison)")
+    t.add_argument("--no-item-text", dest="item_text", action="store_false",
+                   help="no item tower text half even where the dataset has item texts (movielens)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of artifacts and baselines: report.md, PNG, JSON")
@@ -148,7 +150,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
     from encoders.artifact import save_artifact
     from encoders.training import TrainConfig, train
-    from stream.datasets import load_events
+    from stream.datasets import item_texts, load_events
 
     torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, searches=args.searches)
@@ -156,7 +158,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, lr=args.lr)
     events = load_events(args.dataset, settings.data_dir)
     try:
-        result = train(events, cell=args.model, config=config, options=_options(args.option))
+        texts = item_texts(args.dataset, settings.data_dir) if args.item_text else {}
+        result = train(events, cell=args.model, config=config, options=_options(args.option), item_texts=texts)
     except TypeError as exc:  # an --option that is not a field of the model's config
         raise StreamrecError(f"bad --option: {exc}") from None
     path = save_artifact(result.model, result.item_ids, result.metrics, args.dataset,

@@ -68,6 +68,18 @@ def item_titles(name: str, data_dir: Path) -> dict[str, str]:
         return {row["movieId"]: row["title"] for row in csv.DictReader(f)}
 
 
+def item_texts(name: str, data_dir: Path) -> dict[str, str]:
+    """The text the item tower encodes per item (movielens: "title. genre, genre"), else empty."""
+    if name != "movielens":
+        return {}
+    out = {}
+    with open(dataset_dir(name, data_dir) / "movies.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            genres = "" if row["genres"] == "(no genres listed)" else ". " + row["genres"].replace("|", ", ")
+            out[row["movieId"]] = row["title"] + genres
+    return out
+
+
 def _movielens(folder: Path) -> Iterator[DatasetEvent]:
     with open(folder / "ratings.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):

@@ -34,7 +34,7 @@ def test_windows_use_only_events_before_the_cutoff(data_dir: Path) -> None:
     cutoff = temporal_cutoff(events, 0.1)
     vocab = build_vocabulary(events, cutoff)
     seqs = build_sequences(events, vocab, 1024, 4)
-    _, _, _, targets = training_windows(seqs, cutoff, 16)
+    _, _, _, targets, _ = training_windows(seqs, cutoff, 16)
     before = sum(int(np.searchsorted(s.ts, cutoff)) - 1 for s in seqs.values() if np.searchsorted(s.ts, cutoff) > 1)
     assert int((targets != 0).sum()) <= before  # every target is an event before the cutoff
     later = {e.item_id for e in events if e.ts >= cutoff} - {e.item_id for e in events if e.ts < cutoff}
