@@ -45,7 +45,7 @@ def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) 
         if head is not None:
             item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))
             for p, t in enumerate(positions):
-                recent = item_events[item_events < t][-head.window:]
+                recent = item_events[item_events < t]  # the head keeps the last ones it uses
                 rows, bonus = head.bonus(q[p], seq.items[recent], seq.types[recent])
                 out[p, rows] += bonus
         return out

@@ -32,6 +32,7 @@ class RecurrentConfig:
     max_query_tokens: int = 8  # tokens of a query that are used
     dropout: float = 0.1  # on the step inputs, training only
     repeat_window: int = 0  # recent item events the repeat head scores (0 = no head, as before issue 8)
+    neighbours: int = 0  # co-occurring items per recent item the session head scores (0 = none)
     text_dim: int = 0  # MiniLM vector size of the item tower's text half (0 = id embeddings only)
     id_dropout: float = 0.1  # share of item ids hidden per training batch when text_dim > 0 (cold start)
 
@@ -60,7 +61,8 @@ class RecurrentModel(nn.Module):
         self.rnn = rnn_cls(config.dim, config.hidden, batch_first=True)
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, config.dim)
-        self.repeat = RepeatHead(config.dim, config.repeat_window) if config.repeat_window else None
+        self.repeat = RepeatHead(config.dim, config.repeat_window, config.n_items, config.neighbours) \
+            if config.repeat_window or config.neighbours else None
         self.text = TextProjection(config.n_items, config.text_dim, config.dim, config.id_dropout) \
             if config.text_dim else None
         nn.init.normal_(self.item_emb.weight, std=0.05)

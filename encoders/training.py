@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from encoders.baselines import ItemKnn
 from encoders.evaluation import evaluate_model
 from encoders.gru import RecurrentModel
 from encoders.item_tower import TextTable
 from encoders.models import SequenceModel, build_model
+from encoders.repeat import neighbour_table
 from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
 from encoders.transformer import SasrecConfig
 from stream.datasets import DatasetEvent
@@ -83,6 +85,9 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
         model.text.set_item_text(titles.vectors[titles.index([None, *(texts.get(i) for i in vocabulary)])])
     sequences = build_sequences(events, vocabulary, model_config.query_buckets, model_config.max_query_tokens,
                                 queries.rows if queries is not None else None)
+    if model.repeat is not None and model.repeat.neighbours:  # the item-kNN similarity of the training period
+        similarity = ItemKnn(sequences, cutoff, len(vocabulary)).similarity
+        model.repeat.set_neighbours(*neighbour_table(similarity, model.repeat.neighbours))
     window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
     arrays = [torch.from_numpy(a) for a in training_windows(sequences, cutoff, window)]
     query_vectors = torch.from_numpy(queries.vectors) if queries is not None else None

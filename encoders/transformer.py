@@ -39,6 +39,7 @@ class SasrecConfig:
     query_buckets: int = 16384  # hashed token vocabulary for search queries
     max_query_tokens: int = 8  # tokens of a query that are used
     repeat_window: int = 50  # recent item events the repeat head scores (0 = no head)
+    neighbours: int = 0  # co-occurring items per recent item the session head scores (0 = none)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -95,7 +96,8 @@ class SasrecModel(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.ln_f = nn.LayerNorm(config.dim)
-        self.repeat = RepeatHead(config.dim, config.repeat_window) if config.repeat_window else None
+        self.repeat = RepeatHead(config.dim, config.repeat_window, config.n_items, config.neighbours) \
+            if config.repeat_window or config.neighbours else None
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()

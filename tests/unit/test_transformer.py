@@ -1,4 +1,4 @@
-"""The SASRec window step equals the full forward; the repeat head's numpy form equals its torch form."""
+"""The SASRec window step equals the full forward; the session head's numpy form equals its torch form."""
 
 from __future__ import annotations
 
@@ -45,23 +45,30 @@ def test_loss_is_finite_and_trains() -> None:
     assert model.item_emb.weight.grad is not None
 
 
-def test_repeat_head_numpy_equals_torch() -> None:
+@pytest.mark.parametrize("neighbours", [0, 3])
+def test_session_head_numpy_equals_torch(neighbours: int) -> None:
     torch.manual_seed(2)
-    model = SasrecModel(SasrecConfig(n_items=10, dim=8, heads=2, window=8, max_query_tokens=2, repeat_window=4))
+    model = SasrecModel(SasrecConfig(n_items=10, dim=8, heads=2, window=8, max_query_tokens=2, repeat_window=4,
+                                     neighbours=neighbours))
     head = model.repeat
     assert head is not None
+    rng = np.random.default_rng(0)
     with torch.no_grad():
         head.weight.normal_()
+        head.nbr_weight.normal_()
+    if neighbours:
+        head.set_neighbours(rng.integers(0, 11, (11, neighbours)), rng.random((11, neighbours), np.float32))
     items = torch.tensor([[3, 0, 5, 3, 7, 3, 9, 5]])
     types = torch.tensor([[1, 2, 1, 3, 1, 1, 1, 1]])  # position 1 is a search
     queries = torch.randn(1, 8, 8)
     with torch.no_grad():
-        dense = torch.zeros(8, 11).scatter_add(1, items.expand(8, 8), head(queries, items, types)[0])
+        dense = head.add_to_logits(torch.zeros(8, 11), queries, items, types, torch.ones(1, 8, dtype=torch.bool))
     fast = NumpyRepeatHead(head)
     for t in range(8):
         kept = [s for s in range(t + 1) if types[0, s] != 2]
         rows, bonus = fast.bonus(queries[0, t].numpy(), items[0, kept].numpy(), types[0, kept].numpy())
         got = np.zeros(11)
         got[rows] = bonus
-        assert np.abs(got - dense[t].numpy()).max() <= 1e-5
-        assert set(rows) == set(items[0, kept[-4:]].tolist())  # only the last 4 item events count
+        assert np.abs(got[1:] - dense[t, 1:].numpy()).max() <= 1e-5
+        if not neighbours:
+            assert set(rows) == set(items[0, kept[-4:]].tolist())  # only the last 4 item events count
