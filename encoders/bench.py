@@ -82,7 +82,7 @@ def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: in
     picks = [np.arange(c * batch, (c + 1) * batch) % n for c in range(calls)]
     batches = [(rows[p], types[p], tokens[p]) for p in picks]
     states = np.zeros((batch, fast.state_size), dtype=np.float32)
-    for b_rows, b_types, b_tokens in (batches * 64)[:64]:  # a full window (SASRec default 20 events) each
+    for b_rows, b_types, b_tokens in (batches * 64)[:64]:  # full windows for SASRec
         states = fast.step(states, b_rows, b_types, b_tokens)
 
     def numpy_batched(count: int) -> None:

@@ -2,7 +2,9 @@
 
 Training runs ``forward`` over whole (B, T) sequences; the worker calls ``step`` once per event with the
 user's stored state and ``query`` to get the vector searched in the item index. Scores are inner products
-between the query vector and item embeddings, so the serving index uses inner-product space.
+between the query vector and item vectors (inner-product index), plus the optional session head's bonus for
+recent and co-occurring items (encoders/repeat.py). With ``text_dim`` > 0 the item vectors include the item
+tower's projected title vectors and searches add their projected query vector (encoders/item_tower.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""Train the recurrent next-item model on a shared dataset with a temporal split and a fixed seed.
+"""Train a next-item model (GRU, LSTM or SASRec) on a shared dataset with a temporal split and a fixed seed.
 
-Split: all events are ordered by time; the latest ``test_fraction`` of them (by timestamp quantile) are
-held out. The model trains on windows of the earlier events only and is evaluated with full ranking on
-the held-out events, each predicted from the user's entire history before it (see evaluation.py).
+Split: all events (searches included) are ordered by time; the cutoff is the timestamp at the
+``1 - test_fraction`` quantile (default 0.9), and events at or after it are held out. The model, the
+vocabulary, the item-kNN similarity of the session head and both baselines see only the earlier events;
+the recurrent models train on 64-event windows of them, SASRec on windows of its ``window``. Evaluation
+ranks all items for each held-out click/purchase, predicted from the user's entire history before it (see
+evaluation.py); a session that straddles the cutoff keeps its earlier part as history. Dropping searches
+(``searches=False``) happens after the cutoff is fixed, so both variants share the split and test events.
 """
 
 from __future__ import annotations
