@@ -20,7 +20,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from encoders.gru import RecurrentConfig, RecurrentModel
+from encoders.models import MODELS, SequenceModel, model_from_config
 from stream.errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -31,7 +31,7 @@ _FILES = ("model.safetensors", "config.json", "items.json")
 class ModelArtifact:
     """A loaded model ready to serve."""
 
-    model: RecurrentModel
+    model: SequenceModel
     item_ids: list[str]
     version: str
     dataset: str
@@ -39,7 +39,7 @@ class ModelArtifact:
     path: Path
 
 
-def save_artifact(model: RecurrentModel, item_ids: list[str], metrics: dict[str, Any], dataset: str,
+def save_artifact(model: SequenceModel, item_ids: list[str], metrics: dict[str, Any], dataset: str,
                   root: Path) -> Path:
     """Write a new versioned artifact under ``root`` and return its folder."""
     if len(item_ids) != model.config.n_items:
@@ -57,7 +57,7 @@ def save_artifact(model: RecurrentModel, item_ids: list[str], metrics: dict[str,
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "model.safetensors"))
     config = {"format_version": FORMAT_VERSION, "version": version, "dataset": dataset,
-              "model_type": "recurrent", "model_config": model.config.to_dict(),
+              "model_type": model.config.cell, "model_config": model.config.to_dict(),
               "created_at": dt.datetime.now(dt.UTC).isoformat(), "metrics": metrics}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "items.json").write_text(json.dumps(item_ids) + "\n")
@@ -77,11 +77,15 @@ def load_artifact(path: Path) -> ModelArtifact:
         item_ids = json.loads((path / "items.json").read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"model artifact {path}: unreadable JSON ({exc})") from None
-    if config.get("format_version") != FORMAT_VERSION or config.get("model_type") != "recurrent":
-        raise ArtifactError(f"model artifact {path}: unsupported format {config.get('format_version')!r}")
+    model_type = config.get("model_type")
+    if model_type == "recurrent":  # artifacts written before the Transformer name the cell in model_config
+        model_type = config.get("model_config", {}).get("cell")
+    if config.get("format_version") != FORMAT_VERSION or model_type not in MODELS:
+        raise ArtifactError(f"model artifact {path}: unsupported format {config.get('format_version')!r} "
+                            f"or model type {model_type!r}")
     try:
-        model_config = RecurrentConfig(**config["model_config"])
-        model = RecurrentModel(model_config)
+        model = model_from_config(str(model_type), config["model_config"])
+        model_config = model.config
         state = load_file(str(path / "model.safetensors"))
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # safetensors and torch raise many types for corrupt files

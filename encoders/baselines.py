@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from encoders.gru import SEARCH_TYPE
+from encoders.events import SEARCH_TYPE
 from encoders.sequences import UserSequence
 
 

@@ -1,7 +1,8 @@
 """`streamrec bench encoders`: CPU cost of the serving step of each user encoder, and text-encoder throughput.
 
-The recurrent models are untrained (default :class:`RecurrentConfig`, seeded weights): the cost of a step does
-not depend on what the weights learned. Their inputs are a real dataset's events in time order, so searches
+The models are untrained (default configs, seeded weights): the cost of a step does not depend on what the
+weights learned. The batched states are first filled with a window of events, so SASRec recomputes full
+windows (its worst case). Their inputs are a real dataset's events in time order, so searches
 (hashed query tokens) come in their real proportion. ``us_per_event`` is CPU time (``time.process_time``, all
 threads of the process) per user-event of ``step`` + ``query``; ``wall_us_per_event`` is the elapsed time.
 """
@@ -17,11 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoders.gru import TYPE_IDS, NumpyRecurrentStep, RecurrentConfig, RecurrentModel, query_tokens
+from encoders.events import TYPE_IDS, query_tokens
+from encoders.gru import NumpyRecurrentStep, RecurrentConfig, RecurrentModel
+from encoders.models import build_model
 from encoders.text import TextEncoder
+from encoders.transformer import NumpySasrecStep, SasrecModel
 from stream.datasets import DatasetEvent, load_events
 
-TARGET_US = 50.0  # issue 8: a GRU step costs at most this much CPU per user at batch 256
+TARGET_US = 50.0  # issue 8: a GRU or SASRec step costs at most this much CPU per user at batch 256
 N_ITEMS = 10_000  # vocabulary of the benchmarked models (movielens_latest_small has ~9.7k movies)
 
 
@@ -58,10 +62,11 @@ def _row(model: str, impl: str, batch: int, user_events: int, cpu: float, wall: 
 def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: int = N_ITEMS,
                     seed: int = 0) -> list[dict[str, Any]]:
     """Per user-event cost of step + query: numpy at batch 1 (one call per event) and at ``batch`` (one call
-    stepping ``batch`` users, repeated over the events), and torch's ``RecurrentModel.step`` at batch 1."""
+    stepping ``batch`` users, repeated over the events), and torch's ``RecurrentModel.step`` at batch 1
+    (recurrent models only)."""
     torch.manual_seed(seed)
-    model = RecurrentModel(RecurrentConfig(n_items=n_items, cell=cell)).eval()
-    fast = NumpyRecurrentStep(model)
+    model = build_model(cell, n_items).eval()
+    fast = NumpySasrecStep(model) if isinstance(model, SasrecModel) else NumpyRecurrentStep(model)
     n = len(inputs)
     rows, types, tokens = inputs.rows, inputs.types, inputs.tokens
 
@@ -77,6 +82,8 @@ def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: in
     picks = [np.arange(c * batch, (c + 1) * batch) % n for c in range(calls)]
     batches = [(rows[p], types[p], tokens[p]) for p in picks]
     states = np.zeros((batch, fast.state_size), dtype=np.float32)
+    for b_rows, b_types, b_tokens in (batches * 64)[:64]:  # full windows for SASRec
+        states = fast.step(states, b_rows, b_types, b_tokens)
 
     def numpy_batched(count: int) -> None:
         for b_rows, b_types, b_tokens in batches[:count]:
@@ -85,6 +92,7 @@ def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: in
     items_t, types_t, tokens_t = torch.from_numpy(rows), torch.from_numpy(types), torch.from_numpy(tokens)
 
     def torch_single(count: int) -> None:
+        assert isinstance(model, RecurrentModel)
         with torch.inference_mode():
             state = model.initial_state(1)
             for i in range(count):
@@ -93,14 +101,16 @@ def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: in
 
     results = []
     runs: list[tuple[str, int, Callable[[int], None], int]] = [
-        ("numpy", 1, numpy_single, n), ("numpy", batch, numpy_batched, calls), ("torch", 1, torch_single, n)]
+        ("numpy", 1, numpy_single, n), ("numpy", batch, numpy_batched, calls)]
+    if isinstance(model, RecurrentModel):
+        runs.append(("torch", 1, torch_single, n))
     for impl, size, run, count in runs:
         run(min(count, 10))  # warm-up: first-call allocations and lazy initialisation are not the steady state
         cpu, wall = _timed(functools.partial(run, count))
         row = _row(cell, impl, size, count * size, cpu, wall)
         if impl == "torch":
             row["torch_threads"] = torch.get_num_threads()
-        if cell == "gru" and impl == "numpy" and size > 1:
+        if cell in ("gru", "sasrec") and impl == "numpy" and size > 1:
             row["target_us_per_event"] = TARGET_US
             row["target_met"] = row["us_per_event"] <= TARGET_US
         results.append(row)
@@ -161,7 +171,7 @@ def bench_encoders(dataset: str, data_dir: Path, events: int = 2000, batch: int 
             raise ValueError(f"{name} must be >= 1, got {value}")
     stream = load_events(dataset, data_dir)
     inputs = StepInputs(stream[-events:], RecurrentConfig(n_items=N_ITEMS))
-    for cell in ("gru", "lstm"):
+    for cell in ("gru", "lstm", "sasrec"):
         yield from bench_recurrent(cell, inputs, batch=batch)
     started = time.perf_counter()
     encoder = TextEncoder()

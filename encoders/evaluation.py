@@ -15,23 +15,39 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from encoders.gru import SEARCH_TYPE, RecurrentModel
+from encoders.baselines import ItemKnn, Popularity
+from encoders.events import SEARCH_TYPE
+from encoders.models import SequenceModel
+from encoders.repeat import NumpyRepeatHead
 from encoders.sequences import UserSequence
 
 # scores(sequence, positions) -> (P, n_items + 1): scores for the event at each position, from events before it
 Scorer = Callable[[UserSequence, list[int]], np.ndarray]
 
 
-def model_scorer(model: RecurrentModel) -> Scorer:
-    """A scorer running the model once over the whole sequence and reading the query before each target."""
+def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) -> Scorer:
+    """A scorer reading the model's query after the events before each target;
+    the repeat head (if any) adds its bonus through the numpy code that serving uses. ``query_vectors`` are
+    the MiniLM vectors of the sequences' query rows, for a model with a text tower."""
+    head = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
+    model.eval()
+    item_emb = model.item_weight().detach().numpy()  # (n_items + 1, dim)
 
     @torch.inference_mode()
     def scores(seq: UserSequence, positions: list[int]) -> np.ndarray:
         model.eval()
-        queries, _ = model(torch.from_numpy(seq.items[None]), torch.from_numpy(seq.types[None]),
-                           torch.from_numpy(seq.tokens[None]))  # (1, T, dim)
-        before = torch.as_tensor([t - 1 for t in positions])
-        out: np.ndarray = (queries[0, before] @ model.item_emb.weight.T).numpy()  # (P, n_items + 1)
+        text = None
+        if query_vectors is not None and seq.queries is not None:
+            text = torch.from_numpy(query_vectors[seq.queries])  # (T, text_dim)
+        q = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
+                                  torch.from_numpy(seq.tokens), positions, text).numpy()  # (P, dim)
+        out: np.ndarray = q @ item_emb.T  # (P, n_items + 1)
+        if head is not None:
+            item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))
+            for p, t in enumerate(positions):
+                recent = item_events[item_events < t]  # the head keeps the last ones it uses
+                rows, bonus = head.bonus(q[p], seq.items[recent], seq.types[recent])
+                out[p, rows] += bonus
         return out
 
     return scores
@@ -88,3 +104,13 @@ def _metrics(ranks: list[int], covered: int, n_items: int, novelty: list[float])
         "novelty": float(np.mean(novelty)),
         "events": int(r.size),
     }
+
+
+def evaluate_model(name: str, model: SequenceModel, sequences: dict[str, UserSequence], cutoff: float,
+                   n_items: int, max_events: int,
+                   query_vectors: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of the model (under ``name``) and of popularity and item-kNN fitted on the same split."""
+    popularity = Popularity(sequences, cutoff, n_items)
+    knn = ItemKnn(sequences, cutoff, n_items)
+    return evaluate({name: model_scorer(model, query_vectors), "popularity": popularity.scores, "item_knn": knn.scores},
+                    sequences, cutoff, n_items, popularity.counts, max_events=max_events)

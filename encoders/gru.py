@@ -2,13 +2,13 @@
 
 Training runs ``forward`` over whole (B, T) sequences; the worker calls ``step`` once per event with the
 user's stored state and ``query`` to get the vector searched in the item index. Scores are inner products
-between the query vector and item embeddings, so the serving index uses inner-product space.
+between the query vector and item vectors (inner-product index), plus the optional session head's bonus for
+recent and co-occurring items (encoders/repeat.py). With ``text_dim`` > 0 the item vectors include the item
+tower's projected title vectors and searches add their projected query vector (encoders/item_tower.py).
 """
 
 from __future__ import annotations
 
-import re
-import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,10 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-# Event-type ids fed to the model; 0 pads sequences.
-TYPE_IDS = {"click": 1, "search": 2, "purchase": 3}
-SEARCH_TYPE = TYPE_IDS["search"]  # searches carry no item
-_TOKEN = re.compile(r"[a-z0-9]+")
+from encoders.events import TYPE_IDS
+from encoders.item_tower import TextProjection
+from encoders.repeat import RepeatHead, next_item_loss
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,10 @@ class RecurrentConfig:
     query_buckets: int = 16384  # hashed token vocabulary for search queries
     max_query_tokens: int = 8  # tokens of a query that are used
     dropout: float = 0.1  # on the step inputs, training only
+    repeat_window: int = 0  # recent item events the repeat head scores (0 = no head, as before issue 8)
+    neighbours: int = 0  # co-occurring items per recent item the session head scores (0 = none)
+    text_dim: int = 0  # MiniLM vector size of the item tower's text half (0 = id embeddings only)
+    id_dropout: float = 0.1  # share of item ids hidden per training batch when text_dim > 0 (cold start)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -43,16 +46,6 @@ class RecurrentConfig:
     def state_size(self) -> int:
         """Floats per user in the stored recurrent state."""
         return self.hidden * (2 if self.cell == "lstm" else 1)
-
-
-def query_tokens(text: str, buckets: int, max_tokens: int) -> list[int]:
-    """Hash a free-text query into at most ``max_tokens`` bucket ids in 1..buckets-1 (0 pads).
-
-    crc32 rather than hash() so ids are stable across processes (PYTHONHASHSEED).
-    """
-    words = _TOKEN.findall(text.lower())[:max_tokens]
-    tokens = [zlib.crc32(w.encode()) % (buckets - 1) + 1 for w in words]
-    return tokens + [0] * (max_tokens - len(tokens))
 
 
 class RecurrentModel(nn.Module):
@@ -70,39 +63,59 @@ class RecurrentModel(nn.Module):
         self.rnn = rnn_cls(config.dim, config.hidden, batch_first=True)
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, config.dim)
+        self.repeat = RepeatHead(config.dim, config.repeat_window, config.n_items, config.neighbours) \
+            if config.repeat_window or config.neighbours else None
+        self.text = TextProjection(config.n_items, config.text_dim, config.dim, config.id_dropout) \
+            if config.text_dim else None
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def embed(self, items: Tensor, types: Tensor, tokens: Tensor) -> Tensor:
-        """Step inputs: items, types (B, T) and tokens (B, T, Q) -> (B, T, dim)."""
-        b, t, q = tokens.shape
-        text = self.query_emb(tokens.reshape(b * t, q)).reshape(b, t, -1)
-        x: Tensor = self.drop(self.item_emb(items) + self.type_emb(types) + text)
-        return x
+    def item_weight(self) -> Tensor:
+        """Item vectors (n_items + 1, dim): id embeddings, plus the projected title vectors with a text tower."""
+        weight: Tensor = self.item_emb.weight
+        return self.text.item_weight(weight) if self.text is not None else weight
 
-    def forward(self, items: Tensor, types: Tensor, tokens: Tensor,
-                targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Query vectors after each step (B, T, dim) and, given next-item targets (B, T; 0 = none), the loss."""
-        hidden, _ = self.rnn(self.embed(items, types, tokens))  # (B, T, H)
+    def embed(self, items: Tensor, types: Tensor, tokens: Tensor, text: Tensor | None = None,
+              item_weight: Tensor | None = None) -> Tensor:
+        """Step inputs: items, types (B, T), tokens (B, T, Q), query text vectors (B, T, text_dim) -> (B, T, dim)."""
+        b, t, q = tokens.shape
+        weight = self.item_weight() if item_weight is None else item_weight
+        x = functional.embedding(items, weight) + self.type_emb(types)
+        x = x + self.query_emb(tokens.reshape(b * t, q)).reshape(b, t, -1)
+        if text is not None and self.text is not None:
+            x = x + self.text(text)
+        out: Tensor = self.drop(x)
+        return out
+
+    def forward(self, items: Tensor, types: Tensor, tokens: Tensor, targets: Tensor | None = None,
+                text: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Query vectors after each step (B, T, dim) and, given next-item targets (B, T; 0 = none), the loss.
+        ``text`` (B, T, text_dim) holds the MiniLM vectors of search queries (zero elsewhere)."""
+        weight = self.item_weight()  # once per batch: the id dropout must be the same for inputs and outputs
+        hidden, _ = self.rnn(self.embed(items, types, tokens, text, weight))  # (B, T, H)
         queries = self.out(hidden)  # (B, T, dim)
         if targets is None:
             return queries, None
-        has_target = targets != 0  # score only positions with a next item: short sessions are mostly padding
-        if not bool(has_target.any()):
-            return queries, queries.sum() * 0.0
-        logits = queries[has_target] @ self.item_emb.weight.T  # (N, n_items + 1)
-        logits[:, 0] = float("-inf")  # never predict padding
-        loss = functional.cross_entropy(logits, targets[has_target])
-        return queries, loss
+        return queries, next_item_loss(queries, weight, self.repeat, items, types, targets)
+
+    def history_queries(self, items: Tensor, types: Tensor, tokens: Tensor, ends: list[int],
+                        text: Tensor | None = None) -> Tensor:
+        """The query after the first ``end`` events of one sequence (T,), for each end: (P, dim)."""
+        queries, _ = self(items[None], types[None], tokens[None], text=None if text is None else text[None])
+        out: Tensor = queries[0, [e - 1 for e in ends]]
+        return out
 
     def initial_state(self, batch: int = 1) -> Tensor:
         """Zero state, (B, state_size)."""
         return torch.zeros(batch, self.config.state_size)
 
-    def step(self, state: Tensor, items: Tensor, types: Tensor, tokens: Tensor) -> Tensor:
-        """Advance B users by one event: state (B, S), items/types (B,), tokens (B, Q) -> new state (B, S)."""
-        x = self.embed(items[:, None], types[:, None], tokens[:, None, :])  # (B, 1, dim)
+    def step(self, state: Tensor, items: Tensor, types: Tensor, tokens: Tensor,
+             text: Tensor | None = None) -> Tensor:
+        """Advance B users by one event: state (B, S), items/types (B,), tokens (B, Q), text (B, text_dim)
+        -> new state (B, S)."""
+        x = self.embed(items[:, None], types[:, None], tokens[:, None, :],
+                       None if text is None else text[:, None])  # (B, 1, dim)
         if self.config.cell == "gru":
             _, h = self.rnn(x, state[None])  # h: (1, B, H)
             new: Tensor = h[0]
@@ -118,8 +131,7 @@ class RecurrentModel(nn.Module):
 
     def item_vectors(self) -> Tensor:
         """Item embeddings in index order, without the padding row: (n_items, dim)."""
-        weights: Tensor = self.item_emb.weight[1:]
-        return weights
+        return self.item_weight()[1:]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -144,7 +156,8 @@ class NumpyRecurrentStep:
             assert isinstance(t, Tensor)
             return t.detach().cpu().numpy().astype(np.float32).copy()
 
-        self.item_emb = array(model.item_emb.weight)  # (n_items + 1, dim)
+        self.item_emb = array(model.item_weight())  # (n_items + 1, dim), id + projected text (eval mode)
+        self.text_proj = array(model.text.proj.weight).T.copy() if model.text is not None else None  # (384, dim)
         self.type_emb = array(model.type_emb.weight)  # (types + 1, dim)
         self.query_emb = array(model.query_emb.weight)  # (buckets, dim); row 0 is padding
         self.w_ih = array(model.rnn.weight_ih_l0).T.copy()  # (dim, G*H), G = 3 (GRU) or 4 (LSTM)
@@ -154,9 +167,12 @@ class NumpyRecurrentStep:
         self.w_out = array(model.out.weight).T.copy()  # (H, dim)
         self.b_out = array(model.out.bias)
 
-    def inputs(self, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Step inputs for B events: rows, types (B,), tokens (B, Q) -> (B, dim)."""
+    def inputs(self, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray,
+               text: np.ndarray | None = None) -> np.ndarray:
+        """Step inputs for B events: rows, types (B,), tokens (B, Q), query vectors (B, text_dim) -> (B, dim)."""
         x = self.item_emb[rows] + self.type_emb[types]
+        if text is not None and self.text_proj is not None:
+            x = x + text @ self.text_proj
         mask = tokens != 0
         counts = mask.sum(axis=1, keepdims=True)
         if counts.any():  # EmbeddingBag(mode="mean", padding_idx=0): mean over non-padding tokens
@@ -165,9 +181,10 @@ class NumpyRecurrentStep:
         out: np.ndarray = x
         return out
 
-    def step(self, state: np.ndarray, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    def step(self, state: np.ndarray, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray,
+             text: np.ndarray | None = None) -> np.ndarray:
         """New states (B, S) after one event each."""
-        x = self.inputs(rows, types, tokens)
+        x = self.inputs(rows, types, tokens, text)
         h_size = self.hidden
         if self.cell == "gru":
             h = state

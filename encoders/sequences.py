@@ -8,18 +8,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.gru import TYPE_IDS, query_tokens
+from encoders.events import TYPE_IDS, query_tokens
 from stream.datasets import DatasetEvent
 
 
 @dataclass
 class UserSequence:
-    """One user's events as arrays: item index (0 = none/unknown), type id, query tokens (T, Q), ts."""
+    """One user's events as arrays: item index (0 = none/unknown), type id, query tokens (T, Q), ts, and the
+    row of each event's query in a query text table (0 = none; None without a table)."""
 
     items: np.ndarray
     types: np.ndarray
     tokens: np.ndarray
     ts: np.ndarray
+    queries: np.ndarray | None = None
 
 
 def temporal_cutoff(events: Sequence[DatasetEvent], test_fraction: float) -> float:
@@ -37,8 +39,9 @@ def build_vocabulary(events: Sequence[DatasetEvent], cutoff: float, min_count: i
 
 
 def build_sequences(events: Sequence[DatasetEvent], vocabulary: Sequence[str], query_buckets: int,
-                    max_query_tokens: int) -> dict[str, UserSequence]:
-    """Group events by user (keeping time order) and encode them with the vocabulary."""
+                    max_query_tokens: int, query_rows: dict[str, int] | None = None) -> dict[str, UserSequence]:
+    """Group events by user (keeping time order) and encode them with the vocabulary (and the query rows of
+    a text table)."""
     index = {item: n for n, item in enumerate(vocabulary, 1)}
     rows: dict[str, list[DatasetEvent]] = {}
     for e in events:
@@ -52,17 +55,20 @@ def build_sequences(events: Sequence[DatasetEvent], vocabulary: Sequence[str], q
             tokens=np.array([query_tokens(e.query, query_buckets, max_query_tokens) if e.query else no_tokens
                              for e in evs], dtype=np.int64).reshape(len(evs), max_query_tokens),
             ts=np.array([e.ts for e in evs], dtype=np.float64),
+            queries=None if query_rows is None else np.array(
+                [query_rows.get(e.query, 0) if e.query else 0 for e in evs], dtype=np.int64),
         )
     return out
 
 
 def training_windows(sequences: dict[str, UserSequence], cutoff: float,
-                     window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fixed-length windows of the pre-cutoff events: inputs (N, W), types, tokens (N, W, Q), targets (N, W).
+                     window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed-length windows of the pre-cutoff events: inputs (N, W), types, tokens (N, W, Q), targets (N, W),
+    query rows (N, W).
 
     The target at step t is the item of event t + 1 (0 where that event is a search or unknown).
     """
-    items, types, tokens, targets = [], [], [], []
+    items, types, tokens, targets, queries = [], [], [], [], []
     for seq in sequences.values():
         n = int(np.searchsorted(seq.ts, cutoff, side="left"))  # events before the cutoff
         for start in range(0, max(n - 1, 0), window):
@@ -73,6 +79,8 @@ def training_windows(sequences: dict[str, UserSequence], cutoff: float,
             types.append(np.pad(seq.types[start:stop], (0, pad)))
             tokens.append(np.pad(seq.tokens[start:stop], ((0, pad), (0, 0))))
             targets.append(np.pad(seq.items[start + 1:stop + 1], (0, pad)))
+            rows = seq.queries[start:stop] if seq.queries is not None else np.zeros(length, np.int64)
+            queries.append(np.pad(rows, (0, pad)))
     if not items:
         raise ValueError("no training windows: every user has fewer than two events before the cutoff")
-    return np.stack(items), np.stack(types), np.stack(tokens), np.stack(targets)
+    return np.stack(items), np.stack(types), np.stack(tokens), np.stack(targets), np.stack(queries)

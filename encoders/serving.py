@@ -1,7 +1,8 @@
 """The serving face of a trained model: numpy in, numpy out, one event at a time.
 
-The worker never calls torch: the model's weights are copied into a numpy step (encoders/gru.py), and this
-adapter owns the id -> row map and the query tokeniser, so the data path stays model-agnostic.
+The worker never calls torch: the model's weights are copied into a numpy step (encoders/gru.py,
+encoders/transformer.py), and this adapter owns the id -> row map, the query tokeniser and the repeat head
+(the same numpy code that scores the offline evaluation), so the data path stays model-agnostic.
 """
 
 from __future__ import annotations
@@ -9,16 +10,22 @@ from __future__ import annotations
 import numpy as np
 
 from encoders.artifact import ModelArtifact
-from encoders.gru import TYPE_IDS, NumpyRecurrentStep, query_tokens
+from encoders.events import TYPE_IDS, query_tokens
+from encoders.gru import NumpyRecurrentStep
+from encoders.repeat import NumpyRepeatHead
+from encoders.text import TextEncoder
+from encoders.transformer import NumpySasrecStep, SasrecModel
 
 
 class UserEncoder:
-    """Steps a user's recurrent state and turns it into a query vector for the item index."""
+    """Steps a user's state (recurrent state or event window) and turns it into a query vector for the index."""
 
     def __init__(self, artifact: ModelArtifact) -> None:
-        self._step = NumpyRecurrentStep(artifact.model.eval())
+        model = artifact.model.eval()
+        self._step = NumpySasrecStep(model) if isinstance(model, SasrecModel) else NumpyRecurrentStep(model)
+        self._repeat = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
         self.version = artifact.version
-        self.model_type = artifact.model.config.cell  # "gru", "lstm" (later "sasrec")
+        self.model_type = model.config.cell  # "gru", "lstm" or "sasrec"
         self.item_ids = artifact.item_ids
         self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
         config = artifact.model.config
@@ -27,6 +34,11 @@ class UserEncoder:
         self._buckets = config.query_buckets
         self._max_tokens = config.max_query_tokens
         self._no_text = np.zeros(config.max_query_tokens, dtype=np.int64)
+        self._text_proj: np.ndarray | None = None
+        self._text: TextEncoder | None = None
+        if isinstance(self._step, NumpyRecurrentStep) and self._step.text_proj is not None:
+            self._text_proj = self._step.text_proj  # (text_dim, dim): the item tower's text projection
+            self._text = TextEncoder()  # MiniLM, for search queries and new catalog items
 
     def knows(self, item_id: str) -> bool:
         """Whether the model has an embedding for this item."""
@@ -37,17 +49,26 @@ class UserEncoder:
         return np.zeros(self.state_size, dtype=np.float32)
 
     def encode_text(self, query: str) -> np.ndarray:
-        """The model's input form of a search query (hashed token ids for this model)."""
-        return np.asarray(query_tokens(query, self._buckets, self._max_tokens), dtype=np.int64)
+        """The model's input form of a search query: hashed token ids, followed by the query's MiniLM vector
+        for a model with an item tower (then as float32)."""
+        tokens = np.asarray(query_tokens(query, self._buckets, self._max_tokens), dtype=np.int64)
+        if self._text is None:
+            return tokens
+        return np.concatenate([tokens.astype(np.float32), self._text.encode_one(query)])
 
     def step(self, state: np.ndarray, event_type: str, item_id: str | None,
              text: np.ndarray | None = None) -> np.ndarray:
         """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step
         with the type alone)."""
         row = self._rows.get(item_id, 0) if item_id is not None else 0
-        tokens = self._no_text if text is None else text
-        new = self._step.step(state.reshape(1, -1), np.array([row]), np.array([TYPE_IDS[event_type]]),
-                              tokens.reshape(1, -1))
+        tokens = self._no_text if text is None else text[:self._max_tokens].astype(np.int64)
+        rows, types = np.array([row]), np.array([TYPE_IDS[event_type]])
+        if self._text is not None and text is not None:
+            assert isinstance(self._step, NumpyRecurrentStep)
+            vector = text[self._max_tokens:].reshape(1, -1)
+            new = self._step.step(state.reshape(1, -1), rows, types, tokens.reshape(1, -1), vector)
+        else:
+            new = self._step.step(state.reshape(1, -1), rows, types, tokens.reshape(1, -1))
         out: np.ndarray = new[0]
         return out
 
@@ -57,14 +78,23 @@ class UserEncoder:
         return out
 
     def text_item_vector(self, text: str) -> np.ndarray | None:
-        """The vector of an item known only by its text (a new catalog item); None when the model has no
-        text path, and such an item then stays out of the index until a model that knows it is published."""
-        return None
+        """The vector of an item known only by its text (a new catalog item): the item tower's projection of
+        its MiniLM vector (its id embedding is zero). None when the model has no text path, and such an item
+        then stays out of the index until a model that knows it is published."""
+        if self._text is None or self._text_proj is None:
+            return None
+        out: np.ndarray = (self._text.encode_one(text) @ self._text_proj).astype(np.float32)
+        return out
 
     def repeat_scores(self, query: np.ndarray, recent: list[tuple[str, str]]) -> dict[str, float]:
-        """Scores (replacing the index's inner product) for items the model rates beyond the inner product,
-        such as repeats of the user's recent items; empty for a model without such a head."""
-        return {}
+        """Scores (replacing the index's inner product) of the user's recent items: inner product plus the
+        repeat head's bonus, exactly as the offline evaluation scores them; empty without a repeat head."""
+        if self._repeat is None or not recent:
+            return {}
+        rows = [self._rows.get(item, 0) for _, item in recent]
+        rows_u, bonus = self._repeat.bonus(query, rows, [TYPE_IDS[kind] for kind, _ in recent])
+        base = self._step.item_emb[rows_u] @ query
+        return {self.item_ids[r - 1]: float(s + b) for r, s, b in zip(rows_u, base, bonus, strict=True)}
 
     def item_vectors(self) -> np.ndarray:
         """(n_items, dim) item embeddings in ``item_ids`` order."""

@@ -1,8 +1,12 @@
-"""Train the recurrent next-item model on a shared dataset with a temporal split and a fixed seed.
+"""Train a next-item model (GRU, LSTM or SASRec) on a shared dataset with a temporal split and a fixed seed.
 
-Split: all events are ordered by time; the latest ``test_fraction`` of them (by timestamp quantile) are
-held out. The model trains on windows of the earlier events only and is evaluated with full ranking on
-the held-out events, each predicted from the user's entire history before it (see evaluation.py).
+Split: all events (searches included) are ordered by time; the cutoff is the timestamp at the
+``1 - test_fraction`` quantile (default 0.9), and events at or after it are held out. The model, the
+vocabulary, the item-kNN similarity of the session head and both baselines see only the earlier events;
+the recurrent models train on 64-event windows of them, SASRec on windows of its ``window``. Evaluation
+ranks all items for each held-out click/purchase, predicted from the user's entire history before it (see
+evaluation.py); a session that straddles the cutoff keeps its earlier part as history. Dropping searches
+(``searches=False``) happens after the cutoff is fixed, so both variants share the split and test events.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.baselines import ItemKnn, Popularity
-from encoders.evaluation import evaluate, model_scorer
-from encoders.gru import RecurrentConfig, RecurrentModel
+from encoders.baselines import ItemKnn
+from encoders.evaluation import evaluate_model
+from encoders.gru import RecurrentModel
+from encoders.item_tower import TextTable
+from encoders.models import SequenceModel, build_model
+from encoders.repeat import neighbour_table
 from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
+from encoders.transformer import SasrecConfig
 from stream.datasets import DatasetEvent
 
 
@@ -30,19 +38,20 @@ class TrainConfig:
 
     epochs: int = 6
     batch_size: int = 64
-    window: int = 64  # training sequence length (truncated back-propagation)
+    window: int = 64  # training sequence length of the recurrent models (truncated back-propagation)
     lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 42
     test_fraction: float = 0.1  # latest share of events (by time) held out for evaluation
     max_eval_events: int = 20_000
+    searches: bool = True  # False drops search events (after the split), for the with/without comparison
 
 
 @dataclass
 class TrainResult:
     """A trained model with its vocabulary and measured quality."""
 
-    model: RecurrentModel
+    model: SequenceModel
     item_ids: list[str]
     metrics: dict[str, Any]
 
@@ -54,17 +63,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(events: Sequence[DatasetEvent], cell: str = "gru", dim: int = 64, hidden: int = 64,
-          config: TrainConfig = TrainConfig(), progress: bool = True) -> TrainResult:
-    """Fit a GRU/LSTM on the pre-cutoff events and evaluate it on the rest."""
+def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig = TrainConfig(),
+          progress: bool = True, options: dict[str, Any] | None = None,
+          item_texts: dict[str, str] | None = None) -> TrainResult:
+    """Fit a model (gru, lstm or sasrec) on the pre-cutoff events and evaluate it on the rest; ``options``
+    are fields of the model's config dataclass. With ``item_texts`` (item id -> title) a GRU/LSTM gets the
+    text half of the item tower, and search queries enter through the same projection."""
     seed_everything(config.seed)
     started = time.perf_counter()
     cutoff = temporal_cutoff(events, config.test_fraction)
+    events = events if config.searches else [e for e in events if e.type != "search"]
     vocabulary = build_vocabulary(events, cutoff)
-    model_config = RecurrentConfig(n_items=len(vocabulary), cell=cell, dim=dim, hidden=hidden)
-    sequences = build_sequences(events, vocabulary, model_config.query_buckets, model_config.max_query_tokens)
-    arrays = [torch.from_numpy(a) for a in training_windows(sequences, cutoff, config.window)]
-    model = RecurrentModel(model_config)
+    queries: TextTable | None = None
+    texts = item_texts or {}
+    if texts and cell != "sasrec":
+        from encoders.text import DIM, TextEncoder
+
+        encoder = TextEncoder()
+        titles = TextTable((texts.get(item) for item in vocabulary), encoder.encode)
+        queries = TextTable((e.query for e in events), encoder.encode)
+        options = {"text_dim": DIM} | (options or {})
+    model = build_model(cell, len(vocabulary), options)
+    model_config = model.config
+    if queries is not None and isinstance(model, RecurrentModel) and model.text is not None:
+        model.text.set_item_text(titles.vectors[titles.index([None, *(texts.get(i) for i in vocabulary)])])
+    sequences = build_sequences(events, vocabulary, model_config.query_buckets, model_config.max_query_tokens,
+                                queries.rows if queries is not None else None)
+    if model.repeat is not None and model.repeat.neighbours:  # the item-kNN similarity of the training period
+        similarity = ItemKnn(sequences, cutoff, len(vocabulary)).similarity
+        model.repeat.set_neighbours(*neighbour_table(similarity, model.repeat.neighbours))
+    window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
+    arrays = [torch.from_numpy(a) for a in training_windows(sequences, cutoff, window)]
+    query_vectors = torch.from_numpy(queries.vectors) if queries is not None else None
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     n = arrays[0].shape[0]
@@ -77,10 +107,12 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", dim: int = 64, hidd
         total = 0.0
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
-            items, types, tokens, targets = (a[idx] for a in arrays)
+            items, types, tokens, targets, query_rows = (a[idx] for a in arrays)
             length = int((types != 0).sum(dim=1).max())  # windows are padded at the end: trim the batch
-            items, types, tokens, targets = (a[:, :length] for a in (items, types, tokens, targets))
-            _, loss = model(items, types, tokens, targets)
+            items, types, tokens, targets, query_rows = (a[:, :length] for a in (items, types, tokens, targets,
+                                                                                 query_rows))
+            text = query_vectors[query_rows] if query_vectors is not None else None  # (B, T, text_dim)
+            _, loss = model(items, types, tokens, targets, text=text)
             assert loss is not None
             optimiser.zero_grad()
             loss.backward()
@@ -91,10 +123,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", dim: int = 64, hidd
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / n)
     bar.close()
-    popularity = Popularity(sequences, cutoff, len(vocabulary))
-    knn = ItemKnn(sequences, cutoff, len(vocabulary))
-    quality = evaluate({cell: model_scorer(model), "popularity": popularity.scores, "item_knn": knn.scores},
-                       sequences, cutoff, len(vocabulary), popularity.counts, max_events=config.max_eval_events)
+    quality = evaluate_model(cell, model, sequences, cutoff, len(vocabulary), config.max_eval_events,
+                             queries.vectors if queries is not None else None)
     model.eval()
     metrics = {
         "split": {"kind": "temporal", "test_fraction": config.test_fraction, "cutoff_ts": cutoff,

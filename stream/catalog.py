@@ -25,10 +25,11 @@ class CatalogItem:
 
     @property
     def text(self) -> str | None:
-        """The text an item tower encodes: title and category."""
+        """The text an item tower encodes: title and category, in the form of the training texts
+        (stream.datasets.item_texts: "title. genre, genre")."""
         if self.title is None:
             return None
-        return f"{self.title} ({self.category})" if self.category else self.title
+        return f"{self.title}. {self.category}" if self.category else self.title
 
 
 class Catalog:

@@ -1,4 +1,4 @@
-"""The ``streamrec`` command line: broker, topics, train, worker, publish, items, replay, tail, demo.
+"""The ``streamrec`` command line: broker, topics, train, evaluate, worker, publish, items, replay, tail, demo.
 
 Global flags override ``STREAMREC_*`` environment variables; both end in one validated Settings object.
 """
@@ -45,9 +45,25 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a next-item model and write a versioned artifact")
     t.add_argument("--dataset", default="movielens", choices=["movielens", "yoochoose", "diginetica"])
-    t.add_argument("--model", default="gru", choices=["gru", "lstm"])
+    t.add_argument("--model", default="gru", choices=["gru", "lstm", "sasrec"])
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: TrainConfig's)")
+    t.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a field of the model's config dataclass, e.g. dim=128 (repeatable)")
+    t.add_argument("--no-searches", dest="searches", action="store_false",
+                   help="drop search events (the with/without-searches comparison)")
+    t.add_argument("--no-item-text", dest="item_text", action="store_false",
+                   help="no item tower text half even where the dataset has item texts (movielens)")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+
+    ev = sub.add_parser("evaluate", help="full-ranking metrics of artifacts and baselines: report.md, PNG, JSON")
+    ev.add_argument("artifacts", nargs="+", type=Path, help="artifact folders (one dataset per run)")
+    ev.add_argument("--out", type=Path, required=True, help="folder for report.md, metrics.png, metrics.json")
+    ev.add_argument("--max-events", type=int, default=20_000, help="test events scored (users in sorted order)")
+    ev.add_argument("--online", action="store_true",
+                    help="also replay the test period through the real broker and worker and score the lists")
+    ev.add_argument("--rate", type=float, default=400.0, help="events per second of the online replay")
     t.add_argument("--out", type=Path, default=None, help="artifact root (default <home>/models)")
 
     w = sub.add_parser("worker", help="run a Faust worker")
@@ -138,13 +154,39 @@ def _broker(settings: Settings, action: str, nodes: int) -> int:
     return 0
 
 
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` flags as model-config fields; values are JSON (numbers) or else plain strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise StreamrecError(f"--option expects NAME=VALUE, got {pair!r}")
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
 def _train(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
     from encoders.artifact import save_artifact
     from encoders.training import TrainConfig, train
-    from stream.datasets import load_events
+    from stream.datasets import item_texts, load_events
 
+    torch.set_num_threads(args.threads)
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, searches=args.searches)
+    if args.lr is not None:
+        config = dataclasses.replace(config, lr=args.lr)
     events = load_events(args.dataset, settings.data_dir)
-    result = train(events, cell=args.model, config=TrainConfig(epochs=args.epochs, seed=args.seed))
+    try:
+        texts = item_texts(args.dataset, settings.data_dir) if args.item_text else {}
+        result = train(events, cell=args.model, config=config, options=_options(args.option), item_texts=texts)
+    except TypeError as exc:  # an --option that is not a field of the model's config
+        raise StreamrecError(f"bad --option: {exc}") from None
     path = save_artifact(result.model, result.item_ids, result.metrics, args.dataset,
                          args.out or settings.home / "models")
     print(json.dumps({"artifact": str(path), "eval": result.metrics["eval"]}))
@@ -251,6 +293,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "train":
             return _train(settings, args)
+        if args.command == "evaluate":
+            from encoders.report import evaluate_artifacts
+
+            table = evaluate_artifacts(args.artifacts, settings.data_dir, args.out, max_events=args.max_events)
+            print(json.dumps({"out": str(args.out), "metrics": table}))
+            if args.online:
+                from stream.online_eval import evaluate_online, write_online_report
+
+                runs = [evaluate_online(settings, path, rate=args.rate, max_events=args.max_events)
+                        for path in args.artifacts]
+                print(json.dumps({"online": write_online_report(runs, args.out)}))
+            return 0
         if args.command == "worker":
             return _worker(settings)
         if args.command == "replay":

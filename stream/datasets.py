@@ -87,6 +87,18 @@ def load_catalog(name: str, data_dir: Path) -> list[ItemRecord]:
     return [ItemRecord(item, category=category) for item, category in items.items()]
 
 
+def item_texts(name: str, data_dir: Path) -> dict[str, str]:
+    """The text the item tower encodes per item (movielens: "title. genre, genre"), else empty."""
+    if name != "movielens":
+        return {}
+    out = {}
+    with open(dataset_dir(name, data_dir) / "movies.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            genres = "" if row["genres"] == "(no genres listed)" else ". " + row["genres"].replace("|", ", ")
+            out[row["movieId"]] = row["title"] + genres
+    return out
+
+
 def _movielens(folder: Path) -> Iterator[DatasetEvent]:
     with open(folder / "ratings.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):

@@ -179,3 +179,38 @@ def evaluate_online(settings: Settings, artifact: Path, rate: float = 400.0,
     offline = loaded.metrics.get("eval", {})
     return {"artifact": str(loaded.path), "dataset": loaded.dataset, "events_replayed": len(the_plan.events),
             "targets": len(the_plan.targets), "seconds": round(seconds, 1), "online": online, "offline": offline}
+
+
+def write_online_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Write online.json and online.md (online next to offline, per variant) into ``out``; returns a summary."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "online.json").write_text(json.dumps(runs, indent=2) + "\n")
+    lines = ["# Online vs offline", "",
+             "The held-out period replayed through the real broker and worker (`streamrec evaluate --online`);",
+             "online metrics are read from the `recommendations` topic, offline ones from the artifact.", "",
+             "| artifact | variant | events | online R@20 | offline R@20 | online MRR@20 | offline MRR@20 |",
+             "|---|---|---|---|---|---|---|"]
+    summary: dict[str, Any] = {}
+    for run in runs:
+        offline = _offline_model_metrics(run["offline"])
+        for variant, metrics in run["online"].items():
+            if "recall@20" not in metrics:
+                continue
+            lines.append(f"| {Path(run['artifact']).name} | {variant} | {metrics['events']} | "
+                         f"{metrics['recall@20']:.4f} | {offline.get('recall@20', float('nan')):.4f} | "
+                         f"{metrics['mrr@20']:.4f} | {offline.get('mrr@20', float('nan')):.4f} |")
+            summary[f"{Path(run['artifact']).name}/{variant}"] = {
+                "online_recall@20": round(metrics["recall@20"], 4), "offline_recall@20": offline.get("recall@20"),
+                "online_mrr@20": round(metrics["mrr@20"], 4), "offline_mrr@20": offline.get("mrr@20")}
+    (out / "online.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def _offline_model_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The model's own entry of an artifact's stored evaluation (not a baseline's)."""
+    for name, metrics in evaluation.items():
+        if name not in ("popularity", "item_knn") and isinstance(metrics, dict):
+            return metrics
+    return {}

@@ -14,7 +14,8 @@ from stream.datasets import load_events
 def small_artifact(dataset: str, data_dir: Path, folder: Path) -> Path:
     """A small GRU trained for one epoch on a real dataset: fast, and a real artifact."""
     events = load_events(dataset, data_dir)
-    result = train(events, cell="gru", dim=32, hidden=32, config=TrainConfig(epochs=1, seed=7), progress=False)
+    result = train(events, cell="gru", config=TrainConfig(epochs=1, seed=7), progress=False,
+                   options={"dim": 32, "hidden": 32})
     return save_artifact(result.model, result.item_ids, result.metrics, dataset, folder)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoders.gru import RecurrentConfig, RecurrentModel, query_tokens
+from encoders.events import query_tokens
+from encoders.gru import RecurrentConfig, RecurrentModel
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

@@ -34,7 +34,7 @@ def test_windows_use_only_events_before_the_cutoff(data_dir: Path) -> None:
     cutoff = temporal_cutoff(events, 0.1)
     vocab = build_vocabulary(events, cutoff)
     seqs = build_sequences(events, vocab, 1024, 4)
-    _, _, _, targets = training_windows(seqs, cutoff, 16)
+    _, _, _, targets, _ = training_windows(seqs, cutoff, 16)
     before = sum(int(np.searchsorted(s.ts, cutoff)) - 1 for s in seqs.values() if np.searchsorted(s.ts, cutoff) > 1)
     assert int((targets != 0).sum()) <= before  # every target is an event before the cutoff
     later = {e.item_id for e in events if e.ts >= cutoff} - {e.item_id for e in events if e.ts < cutoff}
@@ -83,3 +83,50 @@ def test_item_knn_recommends_co_occurring_and_repeated_items() -> None:
     scores = knn.scores(seq([1, 4], 100.0), [1])[0]  # history: item 1
     assert scores[2] > scores[3] > scores[5] == 0.0  # 2 is with 1 more often than 3; 5 never
     assert scores[1] > 0  # the item just clicked stays a candidate (repeat-aware)
+
+
+def test_evaluate_reproduces_training_metrics(artifact_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    from encoders.report import evaluate_artifacts
+
+    table = evaluate_artifacts([artifact_dir], data_dir, tmp_path, max_events=20_000)
+    assert {p.name for p in tmp_path.iterdir()} == {"metrics.json", "report.md", "metrics.png"}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == table
+    trained = load_artifact(artifact_dir).metrics["eval"]
+    assert set(table) == {"gru", "popularity", "item_knn"}
+    for name in table:
+        assert table[name] == pytest.approx(trained[name], abs=1e-9)  # same split, same events, same scorer
+
+
+def test_served_repeat_scores_equal_offline_scores() -> None:
+    """UserEncoder.repeat_scores gives the recent items exactly the scores the offline evaluation gives."""
+    import torch
+
+    from encoders.artifact import ModelArtifact
+    from encoders.evaluation import model_scorer
+    from encoders.gru import RecurrentConfig, RecurrentModel
+    from encoders.sequences import UserSequence
+    from encoders.serving import UserEncoder
+
+    torch.manual_seed(3)
+    model = RecurrentModel(RecurrentConfig(n_items=30, dim=8, hidden=8, repeat_window=4)).eval()
+    assert model.repeat is not None
+    with torch.no_grad():
+        model.repeat.weight.normal_()
+    ids = [f"i{n}" for n in range(1, 31)]
+    encoder = UserEncoder(ModelArtifact(model, ids, "v", "test", {}, Path(".")))
+    kinds = ["click", "click", "search", "purchase", "click", "click", "click"]
+    rows = [5, 7, 0, 5, 9, 2, 7]
+    seq = UserSequence(np.array(rows), np.array([{"click": 1, "search": 2, "purchase": 3}[k] for k in kinds]),
+                       np.zeros((7, 8), np.int64), np.arange(7, dtype=np.float64))
+    offline = model_scorer(model)(seq, [7 - 1])[0]  # scores for the event after the first six
+    state = encoder.initial_state()
+    recent = []
+    for kind, row in zip(kinds[:6], rows[:6], strict=True):
+        item = ids[row - 1] if row else None
+        state = encoder.step(state, kind, item)
+        if item is not None:
+            recent.append((kind, item))
+    served = encoder.repeat_scores(encoder.query_vector(state), recent)
+    assert set(served) == {"i7", "i5", "i9", "i2"}  # the last 4 item events (repeat_window)
+    for item, score in served.items():
+        assert abs(score - offline[int(item[1:])]) <= 1e-5

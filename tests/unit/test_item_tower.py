@@ -1,0 +1,64 @@
+"""The item tower: text-projected item vectors, search queries through the same projection, served equally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoders.artifact import ModelArtifact
+from encoders.gru import NumpyRecurrentStep, RecurrentConfig, RecurrentModel
+from encoders.item_tower import TextTable
+from encoders.serving import UserEncoder
+from encoders.text import DIM
+
+
+def _model() -> RecurrentModel:
+    torch.manual_seed(4)
+    model = RecurrentModel(RecurrentConfig(n_items=6, dim=8, hidden=8, text_dim=DIM)).eval()
+    assert model.text is not None
+    model.text.set_item_text(np.vstack([np.zeros((1, DIM)), np.eye(6, DIM)]).astype(np.float32))  # row 0: padding
+    return model
+
+
+def test_text_table_rows_and_zero_row() -> None:
+    table = TextTable(["b", None, "a", "b"], lambda texts: np.ones((len(texts), 3), np.float32))
+    assert table.rows == {"b": 1, "a": 2}
+    assert table.vectors.shape == (3, 3) and not table.vectors[0].any()
+    assert table.index(["a", None, "zz"]).tolist() == [2, 0, 0]
+
+
+def test_item_vectors_include_the_projected_text() -> None:
+    model = _model()
+    assert model.text is not None
+    with torch.no_grad():
+        expected = model.item_emb.weight + model.text.proj(model.text.item_text)
+        assert torch.allclose(model.item_vectors(), expected[1:])
+        model.train()
+        torch.manual_seed(0)
+        dropped = model.item_weight()  # id dropout: some rows keep their text part only
+        assert torch.isfinite(dropped).all()
+
+
+def test_served_search_step_equals_torch_and_text_only_items_get_vectors() -> None:
+    model = _model()
+    encoder = UserEncoder(ModelArtifact(model, [f"m{n}" for n in range(1, 7)], "v", "test", {}, Path(".")))
+    text = encoder.encode_text("dark comedy")
+    assert text.shape == (8 + DIM,) and text.dtype == np.float32
+    served = encoder.step(encoder.initial_state(), "search", None, text)
+    with torch.no_grad():
+        expected = model.step(model.initial_state(), torch.tensor([0]), torch.tensor([2]),
+                              torch.from_numpy(text[:8].astype(np.int64))[None], torch.from_numpy(text[8:])[None])
+    assert np.abs(served - expected.numpy()[0]).max() <= 1e-5
+    fast = NumpyRecurrentStep(model)
+    assert fast.text_proj is not None
+    vector = encoder.text_item_vector("Toy Story (1995). Animation, Comedy")
+    assert vector is not None and vector.shape == (8,)
+    assert np.allclose(vector, text_vector(encoder, "Toy Story (1995). Animation, Comedy") @ fast.text_proj,
+                       atol=1e-6)
+
+
+def text_vector(encoder: UserEncoder, text: str) -> np.ndarray:
+    """The MiniLM part of the encoder's query form."""
+    return encoder.encode_text(text)[8:]
