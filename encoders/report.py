@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from encoders.artifact import ModelArtifact, load_artifact
 from encoders.evaluation import evaluate_model
 from encoders.item_tower import TextTable
-from encoders.sequences import build_sequences
+from encoders.sequences import UserSequence, build_sequences
 from stream.datasets import load_events
 from stream.errors import ArtifactError
 
@@ -24,8 +26,10 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "mrr@20", "coverage@20", "novelt
 PLOTTED = ("recall@10", "recall@20", "ndcg@10", "mrr@20")  # on one 0..1 scale
 
 
-def evaluate_artifact(artifact: ModelArtifact, data_dir: Path, max_events: int) -> dict[str, dict[str, float]]:
-    """Model and baseline metrics on the artifact's dataset and split."""
+def artifact_sequences(artifact: ModelArtifact, data_dir: Path
+                       ) -> tuple[dict[str, UserSequence], float, np.ndarray | None]:
+    """The artifact's dataset rebuilt as training built it: user sequences, the cutoff, and the MiniLM
+    vectors of the query rows (for a model with an item tower, else None)."""
     split = artifact.metrics.get("split", {})
     train = artifact.metrics.get("train", {})
     if "cutoff_ts" not in split:
@@ -41,8 +45,14 @@ def evaluate_artifact(artifact: ModelArtifact, data_dir: Path, max_events: int) 
         queries = TextTable((e.query for e in events), TextEncoder().encode)
     sequences = build_sequences(events, artifact.item_ids, config.query_buckets, config.max_query_tokens,
                                 queries.rows if queries is not None else None)
-    return evaluate_model(config.cell, artifact.model, sequences, float(split["cutoff_ts"]),
-                          len(artifact.item_ids), max_events, queries.vectors if queries is not None else None)
+    return sequences, float(split["cutoff_ts"]), queries.vectors if queries is not None else None
+
+
+def evaluate_artifact(artifact: ModelArtifact, data_dir: Path, max_events: int) -> dict[str, dict[str, float]]:
+    """Model and baseline metrics on the artifact's dataset and split."""
+    sequences, cutoff, query_vectors = artifact_sequences(artifact, data_dir)
+    return evaluate_model(artifact.model.config.cell, artifact.model, sequences, cutoff, len(artifact.item_ids),
+                          max_events, query_vectors)
 
 
 def evaluate_artifacts(paths: Sequence[Path], data_dir: Path, out: Path,

@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--online", action="store_true",
                     help="also replay the test period through the real broker and worker and score the lists")
     ev.add_argument("--rate", type=float, default=400.0, help="events per second of the online replay")
+    ev.add_argument("--diversity", default=None, help="MMR strengths to compare, e.g. 0,0.3,0.6 (diversity.md)")
     t.add_argument("--out", type=Path, default=None, help="artifact root (default <home>/models)")
 
     w = sub.add_parser("worker", help="run a Faust worker")
@@ -298,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
 
             table = evaluate_artifacts(args.artifacts, settings.data_dir, args.out, max_events=args.max_events)
             print(json.dumps({"out": str(args.out), "metrics": table}))
+            if args.diversity:
+                from encoders.diversity_report import write_diversity_report
+
+                strengths = [float(x) for x in args.diversity.split(",")]
+                for path in args.artifacts:
+                    print(json.dumps({"diversity": write_diversity_report(path, settings.data_dir, strengths, args.out,
+                                                                          max_events=args.max_events)}))
             if args.online:
                 from stream.online_eval import evaluate_online, write_online_report
 

@@ -26,13 +26,12 @@ from stream.processes import start_worker, stop_worker
 from stream.replay import replay
 from stream.schemas import Event
 from tests.artifacts import small_artifact
+from tests.integration.test_deploy import ALERTS
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")  # the Debian package `prometheus`
 RULES = REPO / "deploy" / "prometheus" / "rules.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "streamrec.json"
-ALERTS = {"StreamrecLatencySLOBreach", "StreamrecDeadLetterRate", "StreamrecConsumerLagGrowing",
-          "StreamrecWorkerDown", "StreamrecHitRateDrop"}
 REPLAY_EVENTS = 1500
 REPLAY_RATE = 150.0  # events/s: ten seconds of traffic
 # 8000 events into the held-out last 10% of MovieLens: clicks, purchases and tag searches of ~25 users who

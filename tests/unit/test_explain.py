@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -73,3 +74,13 @@ def test_diversify_trades_relevance_for_spread(recommender: Recommender) -> None
     mild, strong = diversify(ranked, vectors, 10, 0.3), diversify(ranked, vectors, 10, 0.8)
     assert spread(plain) <= spread(mild) <= spread(strong) and spread(strong) > spread(plain)
     assert mild[0] == ranked[0] and len({it.item_id for it in strong}) == 10
+
+
+def test_diversity_report_trades_accuracy_for_spread(artifact_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    from encoders.diversity_report import write_diversity_report
+
+    table = write_diversity_report(artifact_dir, data_dir, [0.0, 0.5, 0.9], tmp_path, max_events=300)
+    plain, mid, strong = (table[f"diversity={s}"] for s in ("0", "0.5", "0.9"))
+    assert plain["events"] == strong["events"] >= 300
+    assert plain["intra_list_diversity@10"] <= mid["intra_list_diversity@10"] < strong["intra_list_diversity@10"]
+    assert (tmp_path / "diversity.md").read_text().count("\n| ") == 4  # header + 3 strengths
