@@ -111,10 +111,19 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
         print(f"  recommendations ({rec.model_version}, after {rec.event_type} {rec.event_id[:8]}):")
         for n, item in enumerate(rec.items, 1):
             print(f"    {n:>2}. {titles.get(item.item_id, item.item_id):<60} {item.score:7.3f}")
+            if item.because:
+                print(f"        because: {'; '.join(_reason(b, titles) for b in item.because)}")
         print()
     print("event-to-recommendation latency, measured in this run:")
     _say("received", f"event ts -> list consumed: {_percentiles(received_lat)}")
     _say("worker", f"event ts -> list generated: {_percentiles(server_lat)}")
+
+
+def _reason(because: str, titles: dict[str, str]) -> str:
+    """One ``because`` entry for people: "click:318" -> "viewed The Shawshank Redemption (1994)"."""
+    kind, _, what = because.partition(":")
+    verbs = {"click": "viewed", "purchase": "liked", "search": "searched"}
+    return f"{verbs.get(kind, kind)} {titles.get(what, what)}".strip()
 
 
 def _interrupted(signum: int, frame: object) -> None:

@@ -18,6 +18,7 @@ import orjson
 EVENT_WEIGHTS = {"click": 1.0, "purchase": 2.0}  # a purchase says more than a view
 FLUSH_INTERVAL_S = 1.0  # how often a partition's counter is written to the table
 CACHE_S = 1.0  # how long a computed top list is reused
+REBASE = 30.0  # rebase a partition's counts when exp(rate * (ts - reference)) would pass e^30
 
 
 class Trending:
@@ -27,7 +28,7 @@ class Trending:
         self.rate = math.log(2) / half_life_s
         self.capacity = capacity  # items kept per partition; the tail is pruned
         self._counts: dict[int, dict[str, float]] = {}  # partition -> item -> count at the partition's time
-        self._time: dict[int, float] = {}  # partition -> event time the counts refer to
+        self._time: dict[int, float] = {}  # partition -> reference event time of the counts
         self._flushed: dict[int, float] = {}
         self._top: list[tuple[str, float]] = []
         self._top_at = -math.inf
@@ -42,13 +43,16 @@ class Trending:
             return
         if partition not in self._counts:
             self._restore(partition, table.get(_key(partition)) if table is not None else None)
-        counts, now = self._counts[partition], self._time[partition]
-        if ts > now:  # move the reference time forward: every count decays by the same factor
-            factor = math.exp(-self.rate * (ts - now))
+        # Counts are kept in units of the partition's reference time: adding exp(rate * (ts - ref)) is O(1)
+        # per event, and only a rebase (rarely: once the exponent passes REBASE) touches every count.
+        counts, ref = self._counts[partition], self._time[partition]
+        exponent = self.rate * (ts - ref)
+        if exponent > REBASE:
+            factor = math.exp(-exponent)
             for item in counts:
                 counts[item] *= factor
-            self._time[partition] = now = ts
-        counts[item_id] = counts.get(item_id, 0.0) + weight * math.exp(-self.rate * (now - ts))
+            self._time[partition], exponent = ts, 0.0
+        counts[item_id] = counts.get(item_id, 0.0) + weight * math.exp(max(exponent, -700.0))
         if len(counts) > 2 * self.capacity:
             keep = sorted(counts.items(), key=lambda kv: -kv[1])[: self.capacity]
             self._counts[partition] = dict(keep)
