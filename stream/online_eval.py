@@ -37,7 +37,7 @@ class Plan:
     """What to replay and what to score."""
 
     events: list[tuple[str, DatasetEvent]]  # (event id, event) in replay order
-    targets: list[tuple[str, str, str]]  # (id of the user's previous event, target item, user)
+    targets: list[tuple[str, str, str, int]]  # (id of the user's previous event, target item, user, position)
     popularity: Counter[str] = field(default_factory=Counter)  # training-period item counts (novelty)
     n_items: int = 0
 
@@ -49,11 +49,11 @@ def plan(events: list[DatasetEvent], cutoff: float, max_events: int) -> Plan:
         by_user[e.user_id].append(e)
     popularity = Counter(e.item_id for e in events if e.ts < cutoff and e.item_id is not None)
     chosen: list[tuple[str, DatasetEvent]] = []
-    targets: list[tuple[str, str, str]] = []
+    targets: list[tuple[str, str, str, int]] = []
     for user in sorted(by_user):
         history = by_user[user]
         ids = [uuid.uuid4().hex for _ in history]
-        found = [(ids[t - 1], e.item_id, user) for t, e in enumerate(history)
+        found = [(ids[t - 1], e.item_id, user, t) for t, e in enumerate(history)
                  if t >= 1 and e.ts >= cutoff and e.type != "search" and e.item_id is not None]
         if not found:
             continue
@@ -65,7 +65,7 @@ def plan(events: list[DatasetEvent], cutoff: float, max_events: int) -> Plan:
     return Plan(chosen, targets, popularity, len(popularity))
 
 
-def score(lists: dict[str, Recommendation], targets: list[tuple[str, str, str]], popularity: Counter[str],
+def score(lists: dict[str, Recommendation], targets: list[tuple[str, str, str, int]], popularity: Counter[str],
           n_items: int) -> dict[str, dict[str, float]]:
     """Metrics per variant (and "all") from the lists answering each target's previous event."""
     total = sum(popularity.values())
@@ -73,7 +73,7 @@ def score(lists: dict[str, Recommendation], targets: list[tuple[str, str, str]],
     covered: dict[str, set[str]] = defaultdict(set)
     novelty: dict[str, list[float]] = defaultdict(list)
     missing = 0
-    for previous, item, _ in targets:
+    for previous, item, _, _ in targets:
         rec = lists.get(previous)
         if rec is None:
             missing += 1
@@ -105,7 +105,7 @@ async def _replay_and_collect(settings: Settings, the_plan: Plan, rate: float) -
 
     reader = RecommendationReader(settings, from_beginning=True)
     await reader.start()
-    wanted = {previous for previous, _, _ in the_plan.targets}
+    wanted = {previous for previous, *_ in the_plan.targets}
     lists: dict[str, Recommendation] = {}
 
     async def collect() -> None:
@@ -139,9 +139,33 @@ async def _replay_and_collect(settings: Settings, the_plan: Plan, rate: float) -
     return lists
 
 
+@dataclass
+class OnlineRun:
+    """What an online replay produced: the plan, the lists by event id, and how long the replay took."""
+
+    artifact: Path
+    dataset: str
+    offline: dict[str, Any]
+    plan: Plan
+    lists: dict[str, Recommendation]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """Online metrics per variant next to the artifact's stored offline ones."""
+        online = score(self.lists, self.plan.targets, self.plan.popularity, self.plan.n_items)
+        return {"artifact": str(self.artifact), "dataset": self.dataset, "events_replayed": len(self.plan.events),
+                "targets": len(self.plan.targets), "seconds": round(self.seconds, 1), "online": online,
+                "offline": self.offline}
+
+
 def evaluate_online(settings: Settings, artifact: Path, rate: float = 400.0,
                     max_events: int | None = None) -> dict[str, Any]:
     """Replay, collect, score; returns online metrics per variant next to the artifact's offline ones."""
+    return run_online(settings, artifact, rate, max_events).summary()
+
+
+def run_online(settings: Settings, artifact: Path, rate: float = 400.0, max_events: int | None = None) -> OnlineRun:
+    """Replay the artifact's held-out period through a worker and collect the lists."""
     from encoders.artifact import load_artifact, resolve_artifact
     from stream.broker import local_kafka
     from stream.consume import wait_until_serving
@@ -175,10 +199,7 @@ def evaluate_online(settings: Settings, artifact: Path, rate: float = 400.0,
             stop_worker(worker)
         if started_broker and kafka is not None:
             kafka.stop()
-    online = score(lists, the_plan.targets, the_plan.popularity, the_plan.n_items)
-    offline = loaded.metrics.get("eval", {})
-    return {"artifact": str(loaded.path), "dataset": loaded.dataset, "events_replayed": len(the_plan.events),
-            "targets": len(the_plan.targets), "seconds": round(seconds, 1), "online": online, "offline": offline}
+    return OnlineRun(loaded.path, loaded.dataset, loaded.metrics.get("eval", {}), the_plan, lists, seconds)
 
 
 def write_online_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""Online equals offline: the held-out period replayed through the real broker and worker gives the lists
+the offline evaluation ranks, and so its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from encoders.artifact import load_artifact
+from encoders.evaluation import model_scorer
+from encoders.report import artifact_sequences
+from stream.config import Settings
+from stream.online_eval import LIST_SIZE, run_online, score
+
+TARGETS = 400
+
+
+def test_online_lists_are_the_offline_rankings(settings: Settings, artifact_dir: Path) -> None:
+    run = run_online(settings, artifact_dir, rate=400.0, max_events=TARGETS)
+    artifact = load_artifact(artifact_dir)
+    sequences, _, query_vectors = artifact_sequences(artifact, settings.data_dir)
+    scorer = model_scorer(artifact.model, query_vectors)
+    overlaps = []
+    for previous, _, user, position in run.plan.targets:
+        scores = scorer(sequences[user], [position])[0]
+        scores[0] = -np.inf
+        offline = {artifact.item_ids[r - 1] for r in np.argsort(-scores)[:LIST_SIZE]}
+        online = {it.item_id for it in run.lists[previous].items}
+        overlaps.append(len(offline & online) / LIST_SIZE)
+    metrics = score(run.lists, run.plan.targets, run.plan.popularity, run.plan.n_items)["all"]
+    print(f"\nonline vs offline on {len(overlaps)} diginetica targets: mean top-{LIST_SIZE} overlap "
+          f"{np.mean(overlaps):.3f} (min {min(overlaps):.2f}); online R@20 {metrics['recall@20']:.4f}")
+    assert metrics["unanswered"] == 0 and len(overlaps) >= TARGETS
+    assert np.mean(overlaps) >= 0.95  # HNSW recall and the purchased-items filter are the only differences
