@@ -179,3 +179,18 @@ def test_trending_decays_and_survives_a_restart() -> None:
     restored.observe(1, "x", "search", NOW, table)  # not counted, but loads partition 1
     restored.observe(1, "y", "click", NOW, table)
     assert restored.top(1)[0][0] == "new"
+
+
+def test_new_catalog_item_gets_its_vector_from_the_real_item_tower() -> None:
+    from pathlib import Path
+
+    from tests.unit.test_item_tower import _model
+
+    encoder = UserEncoder(ModelArtifact(_model(), [f"m{n}" for n in range(1, 7)], "v", "test", {}, Path(".")))
+    index = BruteForceIndex(encoder.dim)
+    index.add(encoder.item_ids, encoder.item_vectors())
+    rec = Recommender(encoder, index, Rules())
+    rec.apply_items([ItemRecord("new-1", title="Toy Story 5 (2027)", category="Animation")])
+    assert "new-1" in rec.index and len(rec.index) == 7
+    expected = encoder.text_item_vector("Toy Story 5 (2027). Animation")  # MiniLM through the item tower
+    assert expected is not None and np.allclose(rec.served.vectors_of(["new-1"])[0], expected)
