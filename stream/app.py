@@ -15,6 +15,7 @@ from index.hnsw import HnswIndex
 from stream.agents import make_agent, make_erasure_agent
 from stream.config import Settings
 from stream.errors import ConfigError
+from stream.faust_options import app_options
 from stream.metrics import Metrics
 from stream.pipeline import Recommender, Rules
 
@@ -68,21 +69,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     recommender = build_recommender(settings, metrics)
     datadir = settings.home / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.app_id,
-        broker=settings.broker_url,
-        store=settings.store,
-        datadir=str(datadir),
-        web_enabled=False,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        producer_linger=0.0,
-        stream_wait_empty=False,
-    )
+    app = faust.App(settings.app_id, datadir=str(datadir), **app_options(settings))
+
     # The state is already bytes (stream/state.py), so keys and values go raw through the store and the
     # changelog. Faust would derive "json" from the types, so the changelog topic is declared here (with acks:
     # Faust's default changelog does not wait for them) and the table's serializers are set before first use.
