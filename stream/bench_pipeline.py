@@ -32,6 +32,7 @@ from stream.config import Settings
 from stream.errors import ConfigError
 from stream.loadgen import OutputReader, PacedSender, Template, templates
 from stream.processes import start_worker, stop_worker
+from stream.profiling import start_py_spy, top_frames
 from stream.schemas import Event
 
 DATASET = "movielens"  # its tags are real search queries
@@ -55,6 +56,7 @@ class BenchConfig:
     warmup_s: float = 3.0  # unmeasured sending before the measured phases
     baselines: bool = True  # also ramp the bare Faust agent and the bare aiokafka loop
     artifact: Path | None = None  # the model to serve; None = newest in <home>/models, else train one
+    profile: Path | None = None  # py-spy the worker during the fixed-rate run, collapsed stacks to this file
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,7 +186,13 @@ async def _worker_phase(settings: Settings, proc: subprocess.Popen[bytes], event
     async with Phase(settings, proc.pid, events, tag) as phase:
         ready = await phase.wait_ready(proc)
         await phase.step(min(config.rate, 500.0), config.warmup_s)
+        spy = start_py_spy(proc.pid, config.duration_s, config.profile) if config.profile else None
         fixed = await phase.step(config.rate, config.duration_s)
+        if spy is not None and config.profile is not None:
+            _, err = spy.communicate()
+            if spy.returncode:
+                raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+            fixed["profile"] = top_frames(config.profile)
         best, steps = await phase.ramp(config.ramp, config.step_s)
     return {"ready_s": round(ready, 1), "fixed": fixed, "max_rate": best, "steps": steps}
 
@@ -261,6 +269,7 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
         "bare_faust_cpu_s_per_1k_events": bare["faust"]["cpu_s_per_1k_events"] if bare else None,
         "bare_aiokafka_cpu_s_per_1k_events": bare["aiokafka"]["cpu_s_per_1k_events"] if bare else None,
         "step_s": config.step_s, "worker_ready_s": worker["ready_s"],
+        **({"profile": fixed["profile"]} if "profile" in fixed else {}),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "ramp": {"worker": _compact(worker["steps"]), **{f"bare_{k}": _compact(v["steps"]) for k, v in bare.items()}},

@@ -1,7 +1,7 @@
 """``streamrec bench state``: bytes per user in the state store, after a real dataset went through the data path.
 
 Each user's movielens events are replayed in time order through :class:`stream.pipeline.Recommender` (the
-worker's own data path, with the served model and an exact index) into a plain dict, so every state carries a
+worker's own data path, with the served model and its HNSW index) into a plain dict, so every state carries a
 real vector, full history windows, event ids, input offsets and the last list. More users than the dataset has
 replay real users' histories rotated, so no two states are copies. The states are then measured as the two
 Faust stores keep them: ``memory://`` (a dict of bytes, measured with tracemalloc) and ``rocksdb://`` (rocksdict
@@ -46,11 +46,12 @@ def replay_states(settings: Settings, artifact: Path, users: int) -> tuple[dict[
     """The stored state of every user after the replay, and the number of events replayed."""
     from encoders.artifact import load_artifact
     from encoders.serving import UserEncoder
-    from index.brute import BruteForceIndex
+    from index.hnsw import HnswIndex
     from stream.pipeline import Recommender, Rules
 
     encoder = UserEncoder(load_artifact(artifact))
-    index = BruteForceIndex(encoder.dim)
+    index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                      ef=settings.hnsw_ef, capacity=len(encoder.item_ids))  # as the worker serves
     index.add(encoder.item_ids, encoder.item_vectors())
     recommender = Recommender(encoder, index, Rules.from_settings(settings))
     states: dict[str, bytes] = {}

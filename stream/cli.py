@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     bp.add_argument("--step", type=float, default=6.0, help="seconds per step of the saturation ramp")
     bp.add_argument("--ramp", default=None, help="comma-separated rates of the ramp (default 250..12000)")
     bp.add_argument("--no-baselines", action="store_true", help="skip the bare Faust and aiokafka ramps")
+    bp.add_argument("--profile", type=Path, default=None,
+                    help="py-spy the worker during the fixed-rate run; collapsed stacks to this file")
     bs = bench_sub.add_parser("state", help="bytes per user in the state store (memory and RocksDB)")
     bs.add_argument("--users", type=int, default=610, help="users replayed (movielens has 610; more rotate them)")
     bs.add_argument("--artifact", type=Path, default=None,
@@ -215,7 +217,11 @@ def _bench_pipeline(settings: Settings, args: argparse.Namespace) -> int:
     ramp = tuple(float(r) for r in args.ramp.split(",")) if args.ramp else DEFAULT_RAMP
     config = BenchConfig(rate=args.rate, duration_s=args.duration, users=args.users, model=args.model,
                          search_share=args.search_share, step_s=args.step, ramp=ramp,
-                         baselines=not args.no_baselines, artifact=args.artifact)
+                         baselines=not args.no_baselines, artifact=args.artifact,
+                         profile=args.profile)
+    # Topics made a moment ago answer NotLeaderForPartition until their leaders settle; aiokafka retries, but
+    # logs each try as an error on stderr.
+    logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)
     # Without a broker named on the command line or in the environment, the benchmark runs its own on free ports.
     own = args.bootstrap_servers is None and "STREAMREC_BOOTSTRAP_SERVERS" not in os.environ
     print(json.dumps(run_bench(settings, config, own_broker=own)), flush=True)
