@@ -8,8 +8,9 @@ Phases, each on its own fresh topics and consumer group:
    (from ``/proc/<pid>/stat``); then a rate ramp gives ``max_sustained_rate``.
 2. bare_faust and bare_aiokafka (``stream/bench_bare.py``): the same ramp against the baselines.
 
-A ramp step passes when the sender achieved its rate (>= 95 %) and the backlog (events sent minus outputs
-seen) at the end of the step is under ``MAX_BACKLOG_S`` seconds of input: a consumer slower than its input
+Every step first waits for the backlog an earlier step left (a fixed-rate run above the sustainable rate
+leaves one). A ramp step passes when the sender achieved its rate (>= 95 %) and the backlog (events sent minus
+outputs seen) at the end of the step is under ``MAX_BACKLOG_S`` seconds of input: a consumer slower than its input
 falls further behind every second, so after a few seconds its backlog exceeds any fixed bound. The ramp stops
 at the first failing step, then tries once halfway between the last pass and that failure.
 """
@@ -38,7 +39,8 @@ from stream.schemas import Event
 DATASET = "movielens"  # its tags are real search queries
 MAX_BACKLOG_S = 0.5  # a step passes when the consumer ends it less than this much input behind
 MIN_SEND_SHARE = 0.95  # below this share of the asked rate the sender, not the consumer, was the limit
-DRAIN_S = 15.0  # longest wait for the outputs of a step
+DRAIN_S = 15.0  # longest wait for the outputs of a step, for its latency figures
+DRAIN_BEFORE_S = 90.0  # longest wait for an earlier step's backlog before a step starts
 DEFAULT_RAMP = (250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0)
 
 
@@ -64,6 +66,31 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_totals(port: int) -> dict[str, list[float]]:
+    """The worker's per-stage time sums and counts (``streamrec_pipeline_stage_seconds``) from its /metrics."""
+    from urllib.request import urlopen
+
+    totals: dict[str, list[float]] = {}
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            for suffix, slot in (("_sum", 0), ("_count", 1)):
+                prefix = f"streamrec_pipeline_stage_seconds{suffix}{{stage=\""
+                if line.startswith(prefix):
+                    stage, _, value = line[len(prefix):].partition('"} ')
+                    totals.setdefault(stage, [0.0, 0.0])[slot] = float(value)
+    return totals
+
+
+def _stage_means_us(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
+    """Mean microseconds per event of each stage between two scrapes."""
+    out = {}
+    for stage, (total, count) in after.items():
+        total0, count0 = before.get(stage, [0.0, 0.0])
+        if count > count0:
+            out[stage] = round((total - total0) / (count - count0) * 1e6, 1)
+    return out
 
 
 def _ms(values: np.ndarray, q: float) -> float | None:
@@ -141,26 +168,38 @@ class Phase:
             n += 1
         raise TimeoutError(f"no output for a probe within {timeout_s:.0f} s")
 
-    async def step(self, rate: float, seconds: float) -> dict[str, Any]:
-        """Send at ``rate`` for ``seconds``, wait for the outputs, and summarise the step."""
-        first, cpu0 = len(self.reader.outputs), cpu_seconds(self.pid)
-        sent_before = self.sender.total
-        stats = await self.sender.run(rate, seconds)
-        backlog = self.sender.total - sent_before - (len(self.reader.outputs) - first)
-        deadline = time.time() + DRAIN_S
-        while len(self.reader.outputs) - first < stats.sent and time.time() < deadline:
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every event sent so far has its output; False when ``timeout_s`` ran out first."""
+        deadline = time.time() + timeout_s
+        while len(self.reader.outputs) < self.sender.total:
+            if time.time() > deadline:
+                return False
             await asyncio.sleep(0.05)
+        return True
+
+    async def step(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Send at ``rate`` for ``seconds``, wait for the outputs, and summarise the step.
+
+        Each step starts from an empty backlog (a failed step before it may have left one), so its
+        latency and backlog are its own.
+        """
+        drained = await self.drain(DRAIN_BEFORE_S)
+        first, cpu0 = len(self.reader.outputs), cpu_seconds(self.pid)
+        stats = await self.sender.run(rate, seconds)
+        backlog = self.sender.total - len(self.reader.outputs)
+        await self.drain(DRAIN_S)
         cpu = cpu_seconds(self.pid) - cpu0
         outs = self.reader.outputs[first:]
         lat = np.array([o.received - o.ts for o in outs])
         gen = np.array([o.generated - o.ts for o in outs if o.generated is not None])
-        passed = stats.rate >= MIN_SEND_SHARE * rate and backlog <= MAX_BACKLOG_S * rate
+        passed = drained and stats.rate >= MIN_SEND_SHARE * rate and backlog <= MAX_BACKLOG_S * rate
         return {"rate": rate, "send_rate_achieved": round(stats.rate, 1), "events_sent": stats.sent,
                 "outputs": len(outs), "backlog_at_end": backlog, "lat_p50_ms": _ms(lat, 50),
                 "lat_p95_ms": _ms(lat, 95), "lat_p99_ms": _ms(lat, 99), "lat_max_ms": _ms(lat, 100),
                 "worker_lat_p50_ms": _ms(gen, 50), "worker_lat_p99_ms": _ms(gen, 99),
-                "cpu_s_per_1k_events": round(cpu / stats.sent * 1000, 4) if stats.sent else None,
-                "sender_bound": stats.rate < MIN_SEND_SHARE * rate, "passed": passed}
+                # per event handled (a consumer that fell behind handled fewer than were sent)
+                "cpu_s_per_1k_events": round(cpu / len(outs) * 1000, 4) if outs else None,
+                "sender_bound": stats.rate < MIN_SEND_SHARE * rate, "drained_before": drained, "passed": passed}
 
     async def ramp(self, rates: tuple[float, ...], seconds: float) -> tuple[float, list[dict[str, Any]]]:
         """The highest rate whose backlog stays bounded, and every step's summary."""
@@ -187,7 +226,9 @@ async def _worker_phase(settings: Settings, proc: subprocess.Popen[bytes], event
         ready = await phase.wait_ready(proc)
         await phase.step(min(config.rate, 500.0), config.warmup_s)
         spy = start_py_spy(proc.pid, config.duration_s, config.profile) if config.profile else None
+        stages = stage_totals(settings.metrics_port)
         fixed = await phase.step(config.rate, config.duration_s)
+        fixed["stage_mean_us"] = _stage_means_us(stages, stage_totals(settings.metrics_port))
         if spy is not None and config.profile is not None:
             _, err = spy.communicate()
             if spy.returncode:
@@ -269,6 +310,7 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
         "bare_faust_cpu_s_per_1k_events": bare["faust"]["cpu_s_per_1k_events"] if bare else None,
         "bare_aiokafka_cpu_s_per_1k_events": bare["aiokafka"]["cpu_s_per_1k_events"] if bare else None,
         "step_s": config.step_s, "worker_ready_s": worker["ready_s"],
+        "worker_stage_mean_us": fixed["stage_mean_us"],
         **({"profile": fixed["profile"]} if "profile" in fixed else {}),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

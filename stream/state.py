@@ -17,10 +17,15 @@ A text is a varint length and its UTF-8 bytes. Item lists of decimal ids (moviel
 and one string "a,b,c;d,e;f" packed as 4-bit nibbles (digits 0-9, ',' 10, ';' 11, pad 15), 2.8 bytes an id
 instead of 7 in JSON; other ids take a JSON array of the three lists. uuid4 hex event ids take 16 bytes
 instead of 35. Every field round-trips exactly. ``streamrec bench state`` measures the bytes per user.
+
+States written by earlier workers (format 1: a JSON object, the vector as base64 float32) are still read, so
+an upgrade keeps every user's vector, history and input offsets; the next event stores them in format 2.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from dataclasses import dataclass, field
 
@@ -107,6 +112,8 @@ class UserState:
     def from_bytes(raw: bytes) -> UserState:
         """Inverse of :meth:`to_bytes`; raises StreamrecError on a foreign or corrupt record."""
         try:
+            if raw[:1] == b"{":
+                return _from_format_1(raw)
             if not raw or raw[0] != STATE_FORMAT:
                 raise ValueError(f"format {raw[:1]!r} is not {STATE_FORMAT}")
             r = _Reader(raw, 1)
@@ -126,8 +133,21 @@ class UserState:
             return UserState(vector=vector, model_version=version, recent=list(zip(types, items, strict=True)),
                              purchased=purchased, seen_event_ids=seen, last_list=last_list,
                              offsets={str(k): int(v) for k, v in offsets.items()}, events=events, last_ts=last_ts)
-        except (IndexError, ValueError, TypeError, UnicodeDecodeError, struct.error) as exc:
+        except (IndexError, KeyError, ValueError, TypeError, UnicodeDecodeError, struct.error,
+                binascii.Error) as exc:
             raise StreamrecError(f"corrupt user state: {exc!r}") from None
+
+
+def _from_format_1(raw: bytes) -> UserState:
+    """A state stored by a worker before format 2 (orjson; JSONDecodeError is a ValueError)."""
+    body = orjson.loads(raw)
+    if body["f"] != 1:
+        raise ValueError(f"user state format {body['f']!r} is not 1 or {STATE_FORMAT}")
+    return UserState(
+        vector=np.frombuffer(base64.b64decode(body["v"]), dtype=np.float32).copy(),
+        model_version=body["m"], recent=[(t, i) for t, i in body["r"]], purchased=list(body["p"]),
+        seen_event_ids=list(body["s"]), last_list=list(body.get("l", [])),
+        offsets={str(k): int(v) for k, v in body.get("o", {}).items()}, events=int(body["n"]), last_ts=float(body["t"]))
 
 
 def _put_uint(out: bytearray, value: int) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import numpy as np
+import orjson
 import pytest
 
 from stream.errors import StreamrecError
@@ -80,8 +82,20 @@ def test_unknown_event_types_and_empty_state_round_trip() -> None:
     assert UserState.from_bytes(s.to_bytes()).recent == [("view", "1")]
 
 
+def test_format_1_states_of_earlier_workers_are_read() -> None:
+    vector = np.arange(4, dtype=np.float32) / 7
+    old = orjson.dumps({"f": 1, "m": "v1", "v": base64.b64encode(vector.tobytes()).decode(),
+                        "r": [["click", "a"], ["purchase", "b"]], "p": ["b"], "s": ["e1", "e2"], "l": ["c"],
+                        "o": {"clicks:0": 7}, "n": 2, "t": 11.0})
+    s = UserState.from_bytes(old)
+    assert np.array_equal(s.vector, vector) and s.recent == [("click", "a"), ("purchase", "b")]
+    assert (s.purchased, s.seen_event_ids, s.last_list, s.offsets, s.events) == (["b"], ["e1", "e2"], ["c"],
+                                                                                  {"clicks:0": 7}, 2)
+    assert _same(UserState.from_bytes(s.to_bytes()), s)
+
+
 def test_truncated_or_foreign_bytes_raise() -> None:
     raw = _full_state().to_bytes()
-    for bad in (raw[:-1], raw[: len(raw) // 2], b"", b'{"f": 1, "v": ""}', raw + b"x"):
+    for bad in (raw[:-1], raw[: len(raw) // 2], b"", b'{"f": 1, "v": ""}', b'{"f": 3}', b"{", raw + b"x"):
         with pytest.raises(StreamrecError):
             UserState.from_bytes(bad)
