@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 
 from stream.metrics import Metrics
-from stream.pipeline import Recommender
+from stream.pipeline import Outcome, Recommender
 from stream.schemas import EventType, Source
 
 AgentFun = Callable[[faust.StreamT[bytes]], Coroutine[Any, Any, None]]
 
 
-def make_agent(event_type: EventType, recommender: Recommender, states: MutableMapping[str, bytes],
+class Handler(Protocol):
+    """What an input agent calls per record: the data path (:class:`Recommender`), or the benchmark's bare
+    decode-and-forward handler, so both run through the very same agent loop."""
+
+    def handle(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source,
+               states: MutableMapping[str, bytes], trending: MutableMapping[str, bytes] | None = None) -> Outcome:
+        """Process one input record and say what to produce."""
+
+
+def make_agent(event_type: EventType, recommender: Handler, states: MutableMapping[str, bytes],
                recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics | None,
                processed: dict[tuple[str, int], int],
                trending: MutableMapping[str, bytes] | None = None) -> AgentFun:

@@ -18,8 +18,8 @@ from stream.agents import AgentFun, make_agent, make_erasure_agent
 from stream.catalog import Catalog
 from stream.config import Settings
 from stream.errors import ArtifactError, ConfigError, InvalidEvent
+from stream.faust_options import app_options
 from stream.follow import follow
-from stream.kafka_clients import faust_credentials
 from stream.metrics import Metrics
 from stream.pipeline import Arm, Recommender, Rules
 from stream.reload import ModelReloader
@@ -89,22 +89,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     recommender = build_recommender(settings, metrics)
     datadir = settings.home / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.app_id,
-        broker=settings.broker_url,
-        store=settings.store,
-        datadir=str(datadir),
-        web_enabled=False,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        producer_linger=0.0,
-        stream_wait_empty=False,
-        broker_credentials=faust_credentials(settings),
-    )
+    app = faust.App(settings.app_id, datadir=str(datadir), **app_options(settings))
     states = _raw_table(app, settings, STATE_TABLE)
     trending = _raw_table(app, settings, TRENDING_TABLE)
 

@@ -118,6 +118,23 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--events", type=int, default=2000, help="latest events of the dataset to step through")
     be.add_argument("--batch", type=int, default=256, help="users stepped per call in the batched measurement")
     be.add_argument("--queries", type=int, default=500, help="distinct tags encoded by the text encoder")
+    bp = bench_sub.add_parser("pipeline", help="worker latency, saturation rate and CPU vs bare Faust and aiokafka")
+    bp.add_argument("--rate", type=float, default=1000.0, help="events/s of the fixed-rate latency run")
+    bp.add_argument("--duration", type=float, default=30.0, help="seconds of the fixed-rate run")
+    bp.add_argument("--users", type=int, default=610, help="distinct user ids (movielens has 610)")
+    bp.add_argument("--model", default="gru", choices=["gru", "lstm", "sasrec"], help="artifact type served")
+    bp.add_argument("--search-share", type=float, default=0.1, help="share of search events (movielens tags)")
+    bp.add_argument("--artifact", type=Path, default=None,
+                    help="model artifact (default: newest of --model in <home>/models, else train one)")
+    bp.add_argument("--step", type=float, default=6.0, help="seconds per step of the saturation ramp")
+    bp.add_argument("--ramp", default=None, help="comma-separated rates of the ramp (default 250..12000)")
+    bp.add_argument("--no-baselines", action="store_true", help="skip the bare Faust and aiokafka ramps")
+    bp.add_argument("--profile", type=Path, default=None,
+                    help="py-spy the worker during the fixed-rate run; collapsed stacks to this file")
+    bs = bench_sub.add_parser("state", help="bytes per user in the state store (memory and RocksDB)")
+    bs.add_argument("--users", type=int, default=610, help="users replayed (movielens has 610; more rotate them)")
+    bs.add_argument("--artifact", type=Path, default=None,
+                    help="model artifact (default: newest GRU in <home>/models, else train one)")
 
     br = bench_sub.add_parser("rerank", help="CPU per event of the data path with/without explanations, diversity")
     br.add_argument("--model", dest="model_path", type=Path, default=None, help="artifact (default: newest)")
@@ -275,6 +292,25 @@ async def _forget(settings: Settings, user_id: str) -> int:
     return 0
 
 
+def _bench_pipeline(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from stream.bench_pipeline import DEFAULT_RAMP, BenchConfig, run_bench
+
+    ramp = tuple(float(r) for r in args.ramp.split(",")) if args.ramp else DEFAULT_RAMP
+    config = BenchConfig(rate=args.rate, duration_s=args.duration, users=args.users, model=args.model,
+                         search_share=args.search_share, step_s=args.step, ramp=ramp,
+                         baselines=not args.no_baselines, artifact=args.artifact,
+                         profile=args.profile)
+    # Topics made a moment ago answer NotLeaderForPartition until their leaders settle; aiokafka retries, but
+    # logs each try as an error on stderr.
+    logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)
+    # Without a broker named on the command line or in the environment, the benchmark runs its own on free ports.
+    own = args.bootstrap_servers is None and "STREAMREC_BOOTSTRAP_SERVERS" not in os.environ
+    print(json.dumps(run_bench(settings, config, own_broker=own)), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamrec`` console script."""
     args = _parser().parse_args(argv)
@@ -342,6 +378,15 @@ def main(argv: list[str] | None = None) -> int:
             model = args.model_path or settings.home / "models"
             for row in bench_rerank(settings, model, args.dataset, args.events):
                 print(json.dumps(row), flush=True)
+            return 0
+        if args.command == "bench" and args.bench == "pipeline":
+            return _bench_pipeline(settings, args)
+        if args.command == "bench" and args.bench == "state":
+            from stream.bench_pipeline import BenchConfig, find_model
+            from stream.bench_state import bench_state
+
+            model = find_model(settings, BenchConfig(artifact=args.artifact))
+            print(json.dumps(bench_state(settings, model, args.users)), flush=True)
             return 0
         if args.command == "bench" and args.bench == "encoders":
             from encoders.bench import bench_encoders

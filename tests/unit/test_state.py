@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import uuid
+
 import numpy as np
+import orjson
 import pytest
 
 from stream.errors import StreamrecError
@@ -33,3 +37,65 @@ def test_history_lists_are_bounded() -> None:
 def test_corrupt_bytes_raise() -> None:
     with pytest.raises(StreamrecError):
         UserState.from_bytes(b'{"f": 1}')
+
+
+def _full_state() -> UserState:
+    """A user with full windows: decimal item ids (movielens) and uuid4 hex event ids, as the worker sees."""
+    rng = np.random.default_rng(3)
+    s = UserState(vector=rng.standard_normal(64).astype(np.float32), model_version="gru-movielens-20261124T035017-x")
+    for n in range(300):
+        kind = "purchase" if n % 2 else "click"
+        s.remember(kind, str(int(rng.integers(1, 200_000))), uuid.UUID(int=int(rng.integers(1 << 62))).hex,
+                   1.7e9 + n, history_size=50, max_purchased=500, position=f"{kind}s:{n % 4}", offset=n)
+    s.last_list = [str(int(i)) for i in rng.integers(1, 10_000, 10)]
+    return s
+
+
+def _same(a: UserState, b: UserState) -> bool:
+    return (np.array_equal(a.vector, b.vector) and a.vector.dtype == b.vector.dtype
+            and (a.model_version, a.recent, a.purchased, a.seen_event_ids, a.last_list, a.offsets, a.events,
+                 a.last_ts) == (b.model_version, b.recent, b.purchased, b.seen_event_ids, b.last_list, b.offsets,
+                                b.events, b.last_ts))
+
+
+def test_full_state_round_trips_in_compact_form() -> None:
+    s = _full_state()
+    raw = s.to_bytes()
+    assert _same(UserState.from_bytes(raw), s)
+    # 256 bytes of vector, 16 bytes an event id, under 3.5 bytes a 6-digit item id (210 of them), 4 offsets
+    assert len(raw) < 256 + 16 * 16 + 210 * 3.5 + 150
+
+
+@pytest.mark.parametrize("ids", [["007", "7", "0"], ["a1", "B2", "é"], ["", "12"], ["ab", "abc"], ["1,2", "3;4"]])
+def test_any_ids_round_trip(ids: list[str]) -> None:
+    s = UserState(vector=np.ones(3, np.float32), model_version="v")
+    for n, item in enumerate(ids):
+        s.remember("purchase", item, item or "-", float(n), history_size=5, max_purchased=5)
+    s.last_list = list(reversed(ids))
+    assert _same(UserState.from_bytes(s.to_bytes()), s)
+
+
+def test_unknown_event_types_and_empty_state_round_trip() -> None:
+    s = UserState(vector=np.zeros(0, np.float32), model_version="")
+    assert _same(UserState.from_bytes(s.to_bytes()), s)
+    s.remember("view", "1", "e1", 1.0, history_size=5, max_purchased=5)
+    assert UserState.from_bytes(s.to_bytes()).recent == [("view", "1")]
+
+
+def test_format_1_states_of_earlier_workers_are_read() -> None:
+    vector = np.arange(4, dtype=np.float32) / 7
+    old = orjson.dumps({"f": 1, "m": "v1", "v": base64.b64encode(vector.tobytes()).decode(),
+                        "r": [["click", "a"], ["purchase", "b"]], "p": ["b"], "s": ["e1", "e2"], "l": ["c"],
+                        "o": {"clicks:0": 7}, "n": 2, "t": 11.0})
+    s = UserState.from_bytes(old)
+    assert np.array_equal(s.vector, vector) and s.recent == [("click", "a"), ("purchase", "b")]
+    assert (s.purchased, s.seen_event_ids, s.last_list, s.offsets, s.events) == (["b"], ["e1", "e2"], ["c"],
+                                                                                  {"clicks:0": 7}, 2)
+    assert _same(UserState.from_bytes(s.to_bytes()), s)
+
+
+def test_truncated_or_foreign_bytes_raise() -> None:
+    raw = _full_state().to_bytes()
+    for bad in (raw[:-1], raw[: len(raw) // 2], b"", b'{"f": 1, "v": ""}', b'{"f": 3}', b"{", raw + b"x"):
+        with pytest.raises(StreamrecError):
+            UserState.from_bytes(bad)

@@ -1,0 +1,324 @@
+"""``streamrec bench pipeline``: event-to-list latency and saturation of a real worker on a real broker, next
+to a bare Faust agent and a bare aiokafka loop measured in the same run on the same broker.
+
+Phases, each on its own fresh topics and consumer group:
+
+1. worker: a ``streamrec worker`` child serving a trained artifact. A fixed-rate run at ``rate`` gives the
+   latency percentiles (event ``ts`` -> list fetched by the reader) and the worker's CPU per 1,000 events
+   (from ``/proc/<pid>/stat``); then a rate ramp gives ``max_sustained_rate``.
+2. bare_faust and bare_aiokafka (``stream/bench_bare.py``): the same ramp against the baselines.
+
+Every step first waits for the backlog an earlier step left (a fixed-rate run above the sustainable rate
+leaves one). A ramp step passes when the sender achieved its rate (>= 95 %) and the backlog (events sent minus
+outputs seen) at the end of the step is under ``MAX_BACKLOG_S`` seconds of input: a consumer slower than its input
+falls further behind every second, so after a few seconds its backlog exceeds any fixed bound. The ramp stops
+at the first failing step, then tries once halfway between the last pass and that failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
+from stream.config import Settings
+from stream.errors import ConfigError
+from stream.loadgen import OutputReader, PacedSender, Template, templates
+from stream.processes import start_worker, stop_worker
+from stream.profiling import start_py_spy, top_frames
+from stream.schemas import Event
+
+DATASET = "movielens"  # its tags are real search queries
+MAX_BACKLOG_S = 0.5  # a step passes when the consumer ends it less than this much input behind
+MIN_SEND_SHARE = 0.95  # below this share of the asked rate the sender, not the consumer, was the limit
+DRAIN_S = 15.0  # longest wait for the outputs of a step, for its latency figures
+DRAIN_BEFORE_S = 90.0  # longest wait for an earlier step's backlog before a step starts
+DEFAULT_RAMP = (250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one ``bench pipeline`` run does."""
+
+    rate: float = 1000.0  # events/s of the fixed-rate latency run
+    duration_s: float = 30.0  # length of the fixed-rate run
+    users: int = 610  # distinct user ids (movielens has 610; more reuse real histories under new ids)
+    model: str = "gru"  # gru | lstm | sasrec: the artifact type served
+    search_share: float = 0.1  # share of search events (queries = movielens tags)
+    step_s: float = 6.0  # seconds per ramp step
+    ramp: tuple[float, ...] = DEFAULT_RAMP  # the rates tried, in order
+    warmup_s: float = 3.0  # unmeasured sending before the measured phases
+    baselines: bool = True  # also ramp the bare Faust agent and the bare aiokafka loop
+    artifact: Path | None = None  # the model to serve; None = newest in <home>/models, else train one
+    profile: Path | None = None  # py-spy the worker during the fixed-rate run, collapsed stacks to this file
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_totals(port: int) -> dict[str, list[float]]:
+    """The worker's per-stage time sums and counts (``streamrec_pipeline_stage_seconds``) from its /metrics."""
+    from urllib.request import urlopen
+
+    totals: dict[str, list[float]] = {}
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            for suffix, slot in (("_sum", 0), ("_count", 1)):
+                prefix = f"streamrec_pipeline_stage_seconds{suffix}{{stage=\""
+                if line.startswith(prefix):
+                    stage, _, value = line[len(prefix):].partition('"} ')
+                    totals.setdefault(stage, [0.0, 0.0])[slot] = float(value)
+    return totals
+
+
+def _stage_means_us(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
+    """Mean microseconds per event of each stage between two scrapes."""
+    out = {}
+    for stage, (total, count) in after.items():
+        total0, count0 = before.get(stage, [0.0, 0.0])
+        if count > count0:
+            out[stage] = round((total - total0) / (count - count0) * 1e6, 1)
+    return out
+
+
+def _ms(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
+
+
+def _phase_settings(settings: Settings, tag: str) -> Settings:
+    """Settings with this phase's own app id (consumer group) and topics."""
+    names = ("clicks", "searches", "purchases", "items", "recommendations", "dead-letters", "erasures")
+    topics = {f"topic_{n.replace('-', '_')}": f"{tag}-{n}" for n in names}
+    return settings.replace(app_id=tag, **topics)
+
+
+def find_model(settings: Settings, config: BenchConfig) -> Path:
+    """The artifact to serve: given, the newest of its type in <home>/models, or a freshly trained one."""
+    from encoders.artifact import latest_artifact, resolve_artifact, save_artifact
+
+    if config.artifact is not None:
+        return resolve_artifact(config.artifact, config.model)
+    found = latest_artifact(settings.home / "models", cell=config.model)
+    if found is not None:
+        return found
+    if config.model not in ("gru", "lstm"):
+        raise ConfigError("model", f"no {config.model} artifact in {settings.home / 'models'}; pass --artifact")
+    from encoders.training import TrainConfig, train
+    from stream.datasets import load_events
+
+    print(f"training a {config.model} on {DATASET} (no artifact found) ...", file=sys.stderr, flush=True)
+    result = train(load_events(DATASET, settings.data_dir), cell=config.model, config=TrainConfig(epochs=4))
+    return save_artifact(result.model, result.item_ids, result.metrics, DATASET, settings.home / "models")
+
+
+def _start_bare(settings: Settings, kind: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """A baseline child process (``python -m stream.bench_bare kind``), started like the worker."""
+    env = os.environ | settings.to_env() | {"PYTHONUNBUFFERED": "1"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "stream.bench_bare", kind], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class Phase:
+    """One consumer under test: a sender into its input topics and a reader of its output topic."""
+
+    def __init__(self, settings: Settings, pid: int, events: list[Template], tag: str) -> None:
+        self.settings = settings
+        self.pid = pid
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=1)
+        self.sender = PacedSender(self.producer, settings.input_topics, events, tag)
+        self.reader = OutputReader(settings.bootstrap_servers, settings.topic_recommendations,
+                                   settings.partitions, tag)
+
+    async def __aenter__(self) -> Phase:
+        await self.producer.start()
+        await self.reader.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.reader.stop()
+        await self.producer.stop()
+
+    async def wait_ready(self, alive: subprocess.Popen[bytes], timeout_s: float = 180.0) -> float:
+        """Send a probe click each second until its output comes back (partitions assigned, table ready)."""
+        started = time.time()
+        n = 0
+        while time.time() - started < timeout_s:
+            if alive.poll() is not None:
+                raise RuntimeError(f"the process under test exited (code {alive.returncode}); see its log")
+            probe = Event("click", "__bench_probe__", time.time(), f"probe-{n}", item_id="1")
+            await self.producer.send_and_wait(self.settings.topic_clicks, probe.to_json(), key=b"__bench_probe__")
+            for _ in range(20):
+                await asyncio.sleep(0.05)
+                if probe.event_id in self.reader.probes:
+                    return time.time() - started
+            n += 1
+        raise TimeoutError(f"no output for a probe within {timeout_s:.0f} s")
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every event sent so far has its output; False when ``timeout_s`` ran out first."""
+        deadline = time.time() + timeout_s
+        while len(self.reader.outputs) < self.sender.total:
+            if time.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def step(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Send at ``rate`` for ``seconds``, wait for the outputs, and summarise the step.
+
+        Each step starts from an empty backlog (a failed step before it may have left one), so its
+        latency and backlog are its own.
+        """
+        drained = await self.drain(DRAIN_BEFORE_S)
+        first, cpu0 = len(self.reader.outputs), cpu_seconds(self.pid)
+        stats = await self.sender.run(rate, seconds)
+        backlog = self.sender.total - len(self.reader.outputs)
+        await self.drain(DRAIN_S)
+        cpu = cpu_seconds(self.pid) - cpu0
+        outs = self.reader.outputs[first:]
+        lat = np.array([o.received - o.ts for o in outs])
+        gen = np.array([o.generated - o.ts for o in outs if o.generated is not None])
+        passed = drained and stats.rate >= MIN_SEND_SHARE * rate and backlog <= MAX_BACKLOG_S * rate
+        return {"rate": rate, "send_rate_achieved": round(stats.rate, 1), "events_sent": stats.sent,
+                "outputs": len(outs), "backlog_at_end": backlog, "lat_p50_ms": _ms(lat, 50),
+                "lat_p95_ms": _ms(lat, 95), "lat_p99_ms": _ms(lat, 99), "lat_max_ms": _ms(lat, 100),
+                "worker_lat_p50_ms": _ms(gen, 50), "worker_lat_p99_ms": _ms(gen, 99),
+                # per event handled (a consumer that fell behind handled fewer than were sent)
+                "cpu_s_per_1k_events": round(cpu / len(outs) * 1000, 4) if outs else None,
+                "sender_bound": stats.rate < MIN_SEND_SHARE * rate, "drained_before": drained, "passed": passed}
+
+    async def ramp(self, rates: tuple[float, ...], seconds: float) -> tuple[float, list[dict[str, Any]]]:
+        """The highest rate whose backlog stays bounded, and every step's summary."""
+        steps: list[dict[str, Any]] = []
+        best, failed = 0.0, None
+        for rate in rates:
+            row = await self.step(rate, seconds)
+            steps.append(row)
+            if not row["passed"]:
+                failed = rate
+                break
+            best = rate
+        if failed is not None and best > 0 and failed / best > 1.2:
+            middle = round((best + failed) / 2)
+            row = await self.step(middle, seconds)
+            steps.append(row)
+            best = middle if row["passed"] else best
+        return best, steps
+
+
+async def _worker_phase(settings: Settings, proc: subprocess.Popen[bytes], events: list[Template],
+                        config: BenchConfig, tag: str) -> dict[str, Any]:
+    async with Phase(settings, proc.pid, events, tag) as phase:
+        ready = await phase.wait_ready(proc)
+        await phase.step(min(config.rate, 500.0), config.warmup_s)
+        spy = start_py_spy(proc.pid, config.duration_s, config.profile) if config.profile else None
+        stages = stage_totals(settings.metrics_port)
+        fixed = await phase.step(config.rate, config.duration_s)
+        fixed["stage_mean_us"] = _stage_means_us(stages, stage_totals(settings.metrics_port))
+        if spy is not None and config.profile is not None:
+            _, err = spy.communicate()
+            if spy.returncode:
+                raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+            fixed["profile"] = top_frames(config.profile)
+        best, steps = await phase.ramp(config.ramp, config.step_s)
+    return {"ready_s": round(ready, 1), "fixed": fixed, "max_rate": best, "steps": steps}
+
+
+async def _bare_phase(settings: Settings, proc: subprocess.Popen[bytes], events: list[Template],
+                      config: BenchConfig, tag: str) -> dict[str, Any]:
+    async with Phase(settings, proc.pid, events, tag) as phase:
+        await phase.wait_ready(proc)
+        await phase.step(min(config.rate, 500.0), config.warmup_s)
+        best, steps = await phase.ramp(config.ramp, config.step_s)
+    at_rate = [s["cpu_s_per_1k_events"] for s in steps if s["rate"] == config.rate]
+    return {"max_rate": best, "cpu_s_per_1k_events": at_rate[0] if at_rate else None, "steps": steps}
+
+
+def _run_phase(settings: Settings, kind: str, model: Path, events: list[Template], config: BenchConfig,
+               tag: str) -> dict[str, Any]:
+    """Start the process under test on fresh topics, measure it, stop it."""
+    from stream.topics import ensure_topics
+
+    phase_settings = _phase_settings(settings, tag)
+    asyncio.run(ensure_topics(phase_settings))
+    log = settings.home / "logs" / f"bench-{tag}.log"
+    proc = (start_worker(phase_settings, model, log) if kind == "worker"
+            else _start_bare(phase_settings, kind, log))
+    try:
+        measure = _worker_phase if kind == "worker" else _bare_phase
+        return asyncio.run(measure(phase_settings, proc, events, config, tag))
+    finally:
+        stop_worker(proc)
+
+
+def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict[str, Any]:
+    """The whole benchmark; returns the one JSON object ``bench pipeline`` prints."""
+    from stream.broker import BrokerNode, LocalKafka, free_port
+    from stream.datasets import load_events
+    from stream.kafka_jars import KafkaJars
+
+    load_before = os.getloadavg()
+    kafka = None
+    if own_broker:
+        kafka = LocalKafka(settings.home / "bench-kafka", KafkaJars(settings.kafka_jars_dir),
+                           [BrokerNode(1, free_port(), free_port())])
+        kafka.start(timeout=120)
+        settings = settings.replace(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        model = find_model(settings, config)
+        # Workers export metrics on a port of their own: others run workers on this machine.
+        settings = settings.replace(metrics_port=free_port())
+        needed = int(config.rate * (config.duration_s + config.warmup_s) + sum(config.ramp) * config.step_s * 1.5)
+        events = templates(load_events(DATASET, settings.data_dir), min(needed, 400_000), config.users,
+                           config.search_share)
+        run = f"bench{int(time.time())}"
+        worker = _run_phase(settings, "worker", model, events, config, f"{run}-w")
+        bare: dict[str, dict[str, Any]] = {}
+        if config.baselines:
+            for kind in ("faust", "aiokafka"):
+                bare[kind] = _run_phase(settings, kind, model, events, config, f"{run}-{kind}")
+    finally:
+        if kafka is not None:
+            kafka.stop()
+    fixed = worker["fixed"]
+    faust_max = bare["faust"]["max_rate"] if bare else None
+    return {
+        "rate": config.rate, "duration_s": config.duration_s, "users": config.users, "model": model.name,
+        "search_share": config.search_share, "events_sent": fixed["events_sent"], "lists_received": fixed["outputs"],
+        "send_rate_achieved": fixed["send_rate_achieved"],
+        **{k: fixed[k] for k in ("lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "lat_max_ms", "worker_lat_p50_ms",
+                                 "worker_lat_p99_ms")},
+        "max_sustained_rate": worker["max_rate"],
+        "worker_cpu_s_per_1k_events": fixed["cpu_s_per_1k_events"],
+        "bare_faust_max_rate": faust_max,
+        "bare_aiokafka_max_rate": bare["aiokafka"]["max_rate"] if bare else None,
+        "ratio_vs_bare_faust": round(worker["max_rate"] / faust_max, 3) if faust_max else None,
+        "bare_faust_cpu_s_per_1k_events": bare["faust"]["cpu_s_per_1k_events"] if bare else None,
+        "bare_aiokafka_cpu_s_per_1k_events": bare["aiokafka"]["cpu_s_per_1k_events"] if bare else None,
+        "step_s": config.step_s, "worker_ready_s": worker["ready_s"],
+        "worker_stage_mean_us": fixed["stage_mean_us"],
+        **({"profile": fixed["profile"]} if "profile" in fixed else {}),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "ramp": {"worker": _compact(worker["steps"]), **{f"bare_{k}": _compact(v["steps"]) for k, v in bare.items()}},
+    }
+
+
+def _compact(steps: list[dict[str, Any]]) -> list[list[Any]]:
+    """Ramp steps as [rate, achieved, backlog, p50 ms, p99 ms, cpu s/1k, passed] rows, to keep the line short."""
+    return [[s["rate"], s["send_rate_achieved"], s["backlog_at_end"], s["lat_p50_ms"], s["lat_p99_ms"],
+             s["cpu_s_per_1k_events"], s["passed"]] for s in steps]
