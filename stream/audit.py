@@ -122,15 +122,19 @@ async def audit(settings: Settings, since: float = 0.0) -> AuditReport:
             src = orjson.loads(value)["source"]
             letters.add((src["topic"], src["partition"], src["offset"]))
     answered: Counter[str] = Counter()
-    order: dict[str, list[str]] = defaultdict(list)  # user -> event ids in the order they were answered
+    # user -> (state_seq, event id) of each first answer: the order the worker applied the events in. Two
+    # agents' lists may reach the topic in another order than their events were applied (each awaits the
+    # producer), so the record's own sequence number orders them; ties keep the topic order.
+    firsts: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for *_, value in await read_topic(settings, settings.topic_recommendations):
         if value is None:
             continue
         body = orjson.loads(value)
         event_id = body["event"]["event_id"]
         if answered[event_id] == 0:
-            order[body["user_id"]].append(event_id)
+            firsts[body["user_id"]].append((int(body.get("state_seq", 0)), event_id))
         answered[event_id] += 1
+    order = {user: [e for _, e in sorted(pairs, key=lambda p: p[0])] for user, pairs in firsts.items()}
     report.events = len(valid)
     report.lost = sorted([e for e in valid if answered[e] == 0]
                          + [f"{t}-{p}-{o}" for t, p, o in sorted(invalid - letters)])
@@ -193,6 +197,11 @@ def _difference(user: str, expected_raw: bytes, actual_raw: bytes | None, answer
         actual = UserState.from_bytes(actual_raw)
         out |= {"stored_events": actual.events, "stored_seen": actual.seen_event_ids[-8:],
                 "same_recent": actual.recent == expected.recent}
+        if actual.recent != expected.recent:  # the first difference, for a human
+            n = next((i for i, (a, b) in enumerate(zip(actual.recent, expected.recent, strict=False)) if a != b),
+                     min(len(actual.recent), len(expected.recent)))
+            out |= {"recent_differ_at": n, "expected_recent": expected.recent[n:n + 3],
+                    "stored_recent": actual.recent[n:n + 3]}
     return out
 
 

@@ -196,7 +196,7 @@ class Recommender:
         items = explain(items, state.recent, event.query, served.unit_vectors_of, rules.explanations)
         t7 = time.perf_counter()
         # 8. The list; the state (with the list it got) is stored once per event.
-        rec = self._recommendation(event, items, served.version, arm.name)
+        rec = self._recommendation(event, items, served.version, arm.name, state.events)
         state.last_list = [it.item_id for it in items]
         states[event.user_id] = state.to_bytes()
         t8 = time.perf_counter()
@@ -273,11 +273,11 @@ class Recommender:
         if event.item_id in state.last_list:
             m.live_hits.labels(event_type=event.type, k=k, variant=variant).inc()
 
-    def _recommendation(self, event: Event, items: list[RecommendedItem], version: str,
-                        variant: str) -> Recommendation:
+    def _recommendation(self, event: Event, items: list[RecommendedItem], version: str, variant: str,
+                        state_seq: int) -> Recommendation:
         return Recommendation(user_id=event.user_id, items=tuple(items), model_version=version,
                               event_type=event.type, event_id=event.event_id, event_ts=event.ts,
-                              generated_at=self.clock(), variant=variant)
+                              generated_at=self.clock(), variant=variant, state_seq=state_seq)
 
     def _load_state(self, raw: bytes | None, encoder: UserEncoder | None = None) -> UserState:
         """The stored state, a fresh one, or one rebuilt from history when it belongs to another model."""

@@ -138,6 +138,7 @@ class Recommendation:
     event_ts: float
     generated_at: float
     variant: str = "default"  # the A/B variant the user is in
+    state_seq: int = 0  # events the user's state had applied when this list was made (orders a user's lists)
 
     def to_json(self) -> bytes:
         """The documented wire format (README: "Recommendation record")."""
@@ -147,6 +148,7 @@ class Recommendation:
             "items": [_item_json(it, n) for n, it in enumerate(self.items, 1)],
             "model_version": self.model_version,
             "variant": self.variant,
+            "state_seq": self.state_seq,
             "event": {"type": self.event_type, "event_id": self.event_id, "ts": self.event_ts},
             "generated_at": self.generated_at,
         })
@@ -166,6 +168,7 @@ class Recommendation:
             event_ts=float(event["ts"]),
             generated_at=float(body["generated_at"]),
             variant=str(body.get("variant", "default")),
+            state_seq=int(body.get("state_seq", 0)),
         )
 
 
