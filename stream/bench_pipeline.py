@@ -1,12 +1,11 @@
 """``streamrec bench pipeline``: event-to-list latency and saturation of a real worker on a real broker, next
 to a bare Faust agent and a bare aiokafka loop measured in the same run on the same broker.
 
-Phases, each on its own fresh topics and consumer group:
-
-1. worker: a ``streamrec worker`` child serving a trained artifact. A fixed-rate run at ``rate`` gives the
-   latency percentiles (event ``ts`` -> list fetched by the reader) and the worker's CPU per 1,000 events
-   (from ``/proc/<pid>/stat``); then a rate ramp gives ``max_sustained_rate``.
-2. bare_faust and bare_aiokafka (``stream/bench_bare.py``): the same ramp against the baselines.
+Three systems run side by side, each on its own fresh topics and consumer group: a ``streamrec worker`` child
+serving a trained artifact, and the baselines of ``stream/bench_bare.py``. First a fixed-rate run at ``rate``
+sends to the worker alone: latency percentiles (event ``ts`` -> list fetched by the reader) and the worker's
+CPU per 1,000 events (``/proc/<pid>/stat``), optionally under py-spy. Then a rate ramp in which the three take
+turns at each rate gives each one's highest sustained rate.
 
 Every step first waits for the backlog an earlier step left (a fixed-rate run above the sustainable rate
 leaves one). A ramp step passes when the sender achieved its rate (>= 95 %) and the backlog (events sent minus
@@ -18,6 +17,7 @@ at the first failing step, then tries once halfway between the last pass and tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -55,7 +55,7 @@ class BenchConfig:
     search_share: float = 0.1  # share of search events (queries = movielens tags)
     step_s: float = 6.0  # seconds per ramp step
     ramp: tuple[float, ...] = DEFAULT_RAMP  # the rates tried, in order
-    warmup_s: float = 3.0  # unmeasured sending before the measured phases
+    warmup_s: float = 10.0  # unmeasured sending first: a new worker is slow for its first seconds
     baselines: bool = True  # also ramp the bare Faust agent and the bare aiokafka loop
     artifact: Path | None = None  # the model to serve; None = newest in <home>/models, else train one
     profile: Path | None = None  # py-spy the worker during the fixed-rate run, collapsed stacks to this file
@@ -201,68 +201,75 @@ class Phase:
                 "cpu_s_per_1k_events": round(cpu / len(outs) * 1000, 4) if outs else None,
                 "sender_bound": stats.rate < MIN_SEND_SHARE * rate, "drained_before": drained, "passed": passed}
 
-    async def ramp(self, rates: tuple[float, ...], seconds: float) -> tuple[float, list[dict[str, Any]]]:
-        """The highest rate whose backlog stays bounded, and every step's summary."""
-        steps: list[dict[str, Any]] = []
-        best, failed = 0.0, None
-        for rate in rates:
-            row = await self.step(rate, seconds)
-            steps.append(row)
-            if not row["passed"]:
-                failed = rate
-                break
-            best = rate
-        if failed is not None and best > 0 and failed / best > 1.2:
-            middle = round((best + failed) / 2)
-            row = await self.step(middle, seconds)
-            steps.append(row)
-            best = middle if row["passed"] else best
-        return best, steps
+
+async def _ramp(phases: dict[str, Phase], rates: tuple[float, ...], seconds: float) -> dict[str, Any]:
+    """Per system, the highest rate whose backlog stays bounded, and its steps.
+
+    The systems take turns at each rate, so a change of load on the shared machine during the ramp touches
+    them alike instead of skewing the ratio. A system leaves the ramp at its first failing step, then gets one
+    step halfway between its last pass and that failure.
+    """
+    best = dict.fromkeys(phases, 0.0)
+    failed: dict[str, float] = {}
+    steps: dict[str, list[dict[str, Any]]] = {name: [] for name in phases}
+    for rate in rates:
+        for name in [n for n in phases if n not in failed]:
+            row = await phases[name].step(rate, seconds)
+            steps[name].append(row)
+            if row["passed"]:
+                best[name] = rate
+            else:
+                failed[name] = rate
+    for name, rate in failed.items():
+        if best[name] > 0 and rate / best[name] > 1.2:
+            middle = float(round((best[name] + rate) / 2))
+            row = await phases[name].step(middle, seconds)
+            steps[name].append(row)
+            best[name] = middle if row["passed"] else best[name]
+    return {"best": best, "steps": steps}
 
 
-async def _worker_phase(settings: Settings, proc: subprocess.Popen[bytes], events: list[Template],
-                        config: BenchConfig, tag: str) -> dict[str, Any]:
-    async with Phase(settings, proc.pid, events, tag) as phase:
-        ready = await phase.wait_ready(proc)
-        await phase.step(min(config.rate, 500.0), config.warmup_s)
-        spy = start_py_spy(proc.pid, config.duration_s, config.profile) if config.profile else None
-        stages = stage_totals(settings.metrics_port)
-        fixed = await phase.step(config.rate, config.duration_s)
-        fixed["stage_mean_us"] = _stage_means_us(stages, stage_totals(settings.metrics_port))
+async def _measure(systems: dict[str, tuple[Settings, subprocess.Popen[bytes]]], events: list[Template],
+                   config: BenchConfig, run: str) -> dict[str, Any]:
+    """Wait for every system, run the worker's fixed-rate run (profiled on request), then the ramp."""
+    phases = {name: Phase(s, proc.pid, events, f"{run}-{name}") for name, (s, proc) in systems.items()}
+    async with contextlib.AsyncExitStack() as stack:
+        for phase in phases.values():
+            await stack.enter_async_context(phase)
+        ready = {name: round(await phases[name].wait_ready(proc), 1) for name, (_, proc) in systems.items()}
+        for phase in phases.values():
+            await phase.step(min(config.rate, 500.0), config.warmup_s)
+        worker_settings, worker = systems["worker"]
+        spy = start_py_spy(worker.pid, config.duration_s, config.profile) if config.profile else None
+        stages = stage_totals(worker_settings.metrics_port)
+        fixed = await phases["worker"].step(config.rate, config.duration_s)
+        fixed["stage_mean_us"] = _stage_means_us(stages, stage_totals(worker_settings.metrics_port))
         if spy is not None and config.profile is not None:
             _, err = spy.communicate()
             if spy.returncode:
                 raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
             fixed["profile"] = top_frames(config.profile)
-        best, steps = await phase.ramp(config.ramp, config.step_s)
-    return {"ready_s": round(ready, 1), "fixed": fixed, "max_rate": best, "steps": steps}
+        ramp = await _ramp(phases, config.ramp, config.step_s)
+    return {"ready_s": ready, "fixed": fixed, **ramp}
 
 
-async def _bare_phase(settings: Settings, proc: subprocess.Popen[bytes], events: list[Template],
-                      config: BenchConfig, tag: str) -> dict[str, Any]:
-    async with Phase(settings, proc.pid, events, tag) as phase:
-        await phase.wait_ready(proc)
-        await phase.step(min(config.rate, 500.0), config.warmup_s)
-        best, steps = await phase.ramp(config.ramp, config.step_s)
-    at_rate = [s["cpu_s_per_1k_events"] for s in steps if s["rate"] == config.rate]
-    return {"max_rate": best, "cpu_s_per_1k_events": at_rate[0] if at_rate else None, "steps": steps}
-
-
-def _run_phase(settings: Settings, kind: str, model: Path, events: list[Template], config: BenchConfig,
-               tag: str) -> dict[str, Any]:
-    """Start the process under test on fresh topics, measure it, stop it."""
+def _start(settings: Settings, name: str, model: Path, run: str) -> tuple[Settings, subprocess.Popen[bytes]]:
+    """One system under test on fresh topics: the worker, or a baseline (``faust``, ``aiokafka``)."""
     from stream.topics import ensure_topics
 
+    tag = f"{run}-{name}"
     phase_settings = _phase_settings(settings, tag)
     asyncio.run(ensure_topics(phase_settings))
     log = settings.home / "logs" / f"bench-{tag}.log"
-    proc = (start_worker(phase_settings, model, log) if kind == "worker"
-            else _start_bare(phase_settings, kind, log))
-    try:
-        measure = _worker_phase if kind == "worker" else _bare_phase
-        return asyncio.run(measure(phase_settings, proc, events, config, tag))
-    finally:
-        stop_worker(proc)
+    proc = start_worker(phase_settings, model, log) if name == "worker" else _start_bare(phase_settings, name, log)
+    return phase_settings, proc
+
+
+def _cpu_at_common_rate(steps: dict[str, list[dict[str, Any]]], a: str, b: str) -> tuple[float, float, float] | None:
+    """(rate, CPU s/1k of a, of b) at the highest ramp rate both passed: a noise-robust cost comparison."""
+    passed = {name: {s["rate"]: s["cpu_s_per_1k_events"] for s in rows if s["passed"]} for name, rows in steps.items()}
+    common = sorted(set(passed.get(a, {})) & set(passed.get(b, {})))
+    return (common[-1], passed[a][common[-1]], passed[b][common[-1]]) if common else None
 
 
 def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict[str, Any]:
@@ -286,35 +293,44 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
         events = templates(load_events(DATASET, settings.data_dir), min(needed, 400_000), config.users,
                            config.search_share)
         run = f"bench{int(time.time())}"
-        worker = _run_phase(settings, "worker", model, events, config, f"{run}-w")
-        bare: dict[str, dict[str, Any]] = {}
-        if config.baselines:
-            for kind in ("faust", "aiokafka"):
-                bare[kind] = _run_phase(settings, kind, model, events, config, f"{run}-{kind}")
+        names = ["worker", "faust", "aiokafka"] if config.baselines else ["worker"]
+        systems: dict[str, tuple[Settings, subprocess.Popen[bytes]]] = {}
+        try:
+            for name in names:
+                systems[name] = _start(settings, name, model, run)
+            result = asyncio.run(_measure(systems, events, config, run))
+        finally:
+            for _, proc in systems.values():
+                stop_worker(proc)
     finally:
         if kafka is not None:
             kafka.stop()
-    fixed = worker["fixed"]
-    faust_max = bare["faust"]["max_rate"] if bare else None
+    fixed, best, steps = result["fixed"], result["best"], result["steps"]
+    faust_max = best.get("faust")
+    cpu = _cpu_at_common_rate(steps, "worker", "faust")
     return {
         "rate": config.rate, "duration_s": config.duration_s, "users": config.users, "model": model.name,
         "search_share": config.search_share, "events_sent": fixed["events_sent"], "lists_received": fixed["outputs"],
         "send_rate_achieved": fixed["send_rate_achieved"],
         **{k: fixed[k] for k in ("lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "lat_max_ms", "worker_lat_p50_ms",
                                  "worker_lat_p99_ms")},
-        "max_sustained_rate": worker["max_rate"],
+        "max_sustained_rate": best["worker"],
         "worker_cpu_s_per_1k_events": fixed["cpu_s_per_1k_events"],
         "bare_faust_max_rate": faust_max,
-        "bare_aiokafka_max_rate": bare["aiokafka"]["max_rate"] if bare else None,
-        "ratio_vs_bare_faust": round(worker["max_rate"] / faust_max, 3) if faust_max else None,
-        "bare_faust_cpu_s_per_1k_events": bare["faust"]["cpu_s_per_1k_events"] if bare else None,
-        "bare_aiokafka_cpu_s_per_1k_events": bare["aiokafka"]["cpu_s_per_1k_events"] if bare else None,
-        "step_s": config.step_s, "worker_ready_s": worker["ready_s"],
+        "bare_aiokafka_max_rate": best.get("aiokafka"),
+        "ratio_vs_bare_faust": round(best["worker"] / faust_max, 3) if faust_max else None,
+        # CPU per event of the worker and of the bare agent at the highest rate both sustained, and their
+        # ratio: what ratio_vs_bare_faust would be if CPU were the only limit, and far less noisy.
+        "cpu_compared_at_rate": cpu[0] if cpu else None,
+        "worker_cpu_s_per_1k_at_that_rate": cpu[1] if cpu else None,
+        "bare_faust_cpu_s_per_1k_events": cpu[2] if cpu else None,
+        "cpu_ratio_vs_bare_faust": round(cpu[2] / cpu[1], 3) if cpu and cpu[1] else None,
+        "step_s": config.step_s, "ready_s": result["ready_s"],
         "worker_stage_mean_us": fixed["stage_mean_us"],
         **({"profile": fixed["profile"]} if "profile" in fixed else {}),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "ramp": {"worker": _compact(worker["steps"]), **{f"bare_{k}": _compact(v["steps"]) for k, v in bare.items()}},
+        "ramp": {name: _compact(rows) for name, rows in steps.items()},
     }
 
 

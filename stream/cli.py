@@ -303,8 +303,9 @@ def _bench_pipeline(settings: Settings, args: argparse.Namespace) -> int:
                          baselines=not args.no_baselines, artifact=args.artifact,
                          profile=args.profile)
     # Topics made a moment ago answer NotLeaderForPartition until their leaders settle; aiokafka retries, but
-    # logs each try as an error on stderr.
+    # logs each try on stderr.
     logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)
+    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
     # Without a broker named on the command line or in the environment, the benchmark runs its own on free ports.
     own = args.bootstrap_servers is None and "STREAMREC_BOOTSTRAP_SERVERS" not in os.environ
     print(json.dumps(run_bench(settings, config, own_broker=own)), flush=True)
