@@ -43,14 +43,18 @@ def explain(items: list[RecommendedItem], recent: Sequence[tuple[str, str]], que
             out[n] = RecommendedItem(items[n].item_id, items[n].score, lead)
         return out
     labels = [f"{kind}:{item}" for kind, item in picked]
+    k = len(personal)
     vectors = unit_vectors([items[n].item_id for n in personal] + [item for _, item in picked])  # (k + r, dim)
-    similarity = vectors[: len(personal)] @ vectors[len(personal):].T  # (k, r): cosine similarities
-    order = np.argsort(-similarity, axis=1)[:, :2]  # (k, <=2): the closest recent items, one call for all
-    rows = np.arange(len(personal))  # (k,)
-    best = similarity[rows, order[:, 0]]
-    second = (similarity[rows, order[:, 1]] >= SECOND_WITHIN * best) & (best > 0) if order.shape[1] > 1 and slots > 1 \
-        else np.zeros(len(personal), dtype=bool)
-    for n, closest, both in zip(personal, order.tolist(), second.tolist(), strict=True):  # lists: cheap to index
-        because = (*lead, labels[closest[0]], labels[closest[1]]) if both else (*lead, labels[closest[0]])
+    similarity = vectors[:k] @ vectors[k:].T  # (k, r): cosine similarities
+    first = similarity.argmax(axis=1).tolist()
+    if slots > 1 and len(picked) > 1:
+        best = similarity.max(axis=1)
+        similarity[np.arange(k), first] = -np.inf  # the runner-up of each row
+        runner = similarity.argmax(axis=1).tolist()
+        both = ((similarity.max(axis=1) >= SECOND_WITHIN * best) & (best > 0)).tolist()
+    else:
+        runner, both = first, [False] * k
+    for n, a, b, two in zip(personal, first, runner, both, strict=True):  # plain lists: cheap to index
+        because = (*lead, labels[a], labels[b]) if two else (*lead, labels[a])
         out[n] = RecommendedItem(items[n].item_id, items[n].score, because)
     return out

@@ -6,6 +6,8 @@ values with ``registry.get_sample_value``; the worker passes the registry it ser
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # 1 ms .. 5 s: the target is milliseconds, the tail must still be visible.
@@ -86,3 +88,13 @@ class Metrics:
                           registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole
             self.stage.labels(stage=stage)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the per-event path would otherwise pay a label lookup (a lock, a
+        tuple, a dict probe) for every observation, about a fifth of the data path's CPU."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

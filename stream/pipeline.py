@@ -137,7 +137,7 @@ class Recommender:
         m = self.metrics
         t0 = time.perf_counter()
         if m:
-            m.events.labels(event_type=event_type).inc()
+            m.child(m.events, event_type).inc()
         # 1. Validate.
         try:
             event = decode_event(event_type, raw, source, max_bytes=self.rules.max_event_bytes,
@@ -202,13 +202,12 @@ class Recommender:
         t8 = time.perf_counter()
         if m:
             if text is not None:
-                m.stage.labels(stage="text_encode").observe(t2 - t1)
+                m.child(m.stage, "text_encode").observe(t2 - t1)
             for stage, seconds in (("decode", t1 - t0), ("state", t3 - t2 + t8 - t7), ("query", t4 - t3),
                                    ("search", t5 - t4), ("rerank", t6 - t5), ("explain", t7 - t6)):
-                m.stage.labels(stage=stage).observe(seconds)
-            m.lists.labels(event_type=event.type, variant=arm.name).inc()
-            m.event_to_recommendation.labels(event_type=event.type, variant=arm.name).observe(
-                max(rec.generated_at - event.ts, 0.0))
+                m.child(m.stage, stage).observe(seconds)
+            m.child(m.lists, event.type, arm.name).inc()
+            m.child(m.event_to_recommendation, event.type, arm.name).observe(max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
 
     def apply_items(self, records: list[ItemRecord]) -> None:
