@@ -31,6 +31,11 @@ from encoders.sequences import build_sequences, build_vocabulary, temporal_cutof
 from encoders.transformer import SasrecConfig
 from stream.datasets import DatasetEvent
 
+# Model-config fields every trained model gets unless ``options`` say otherwise: the session head (repeats of
+# the last 50 item events, 50 co-occurring items of each of the last 10). Model dataclass defaults stay off so
+# artifacts written before the head load unchanged.
+DEFAULT_OPTIONS: dict[str, Any] = {"repeat_window": 50, "neighbours": 50}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -83,7 +88,7 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
         titles = TextTable((texts.get(item) for item in vocabulary), encoder.encode)
         queries = TextTable((e.query for e in events), encoder.encode)
         options = {"text_dim": DIM} | (options or {})
-    model = build_model(cell, len(vocabulary), options)
+    model = build_model(cell, len(vocabulary), DEFAULT_OPTIONS | (options or {}))
     model_config = model.config
     if queries is not None and isinstance(model, RecurrentModel) and model.text is not None:
         model.text.set_item_text(titles.vectors[titles.index([None, *(texts.get(i) for i in vocabulary)])])
