@@ -36,9 +36,9 @@ def evaluate_artifact(artifact: ModelArtifact, data_dir: Path, max_events: int) 
     config = artifact.model.config
     queries = None
     if getattr(config, "text_dim", 0):  # the item tower reads search queries as MiniLM vectors
-        from encoders.text import TextEncoder
+        from encoders.text import DIM, TextEncoder
 
-        queries = TextTable((e.query for e in events), TextEncoder().encode)
+        queries = TextTable((e.query for e in events), TextEncoder().encode, DIM)
     sequences = build_sequences(events, artifact.item_ids, config.query_buckets, config.max_query_tokens,
                                 queries.rows if queries is not None else None)
     return evaluate_model(config.cell, artifact.model, sequences, float(split["cutoff_ts"]),

@@ -89,8 +89,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
         from encoders.text import DIM, TextEncoder
 
         encoder = TextEncoder()
-        titles = TextTable((texts.get(item) for item in vocabulary), encoder.encode)
-        queries = TextTable((e.query for e in events), encoder.encode)
+        titles = TextTable((texts.get(item) for item in vocabulary), encoder.encode, DIM)
+        queries = TextTable((e.query for e in events), encoder.encode, DIM)
         options = {"text_dim": DIM} | (options or {})
     model = build_model(cell, len(vocabulary), DEFAULT_OPTIONS | (options or {}))
     model_config = model.config
