@@ -3,7 +3,8 @@
 Each artifact is scored on its own dataset's test period, rebuilt exactly as training built it: the cutoff
 stored in the artifact, its item id map, and search events kept or dropped as in training. Popularity and
 item-kNN are fitted on the same pre-cutoff events and scored on the same events. Writes ``metrics.json``
-(name -> metrics), ``report.md`` (a table) and ``metrics.png`` (a bar chart) into the output folder.
+(name -> metrics; a model trained without searches is ``<type>-no-searches``, a further artifact of the same
+kind ``<name>:<version>``), ``report.md`` (a table) and ``metrics.png`` (a bar chart) into the output folder.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def evaluate_artifacts(paths: Sequence[Path], data_dir: Path, out: Path,
             if name in ("popularity", "item_knn") and name in table:
                 continue  # the same split gives the same baseline figures
             key = name
-            if key in table:  # a second artifact of the same model type
-                key = f"{name}:{art.version}"
+            if name not in ("popularity", "item_knn") and not art.metrics.get("train", {}).get("searches", True):
+                key = f"{name}-no-searches"
+            if key in table:  # a second artifact of the same kind
+                key = f"{key}:{art.version}"
             table[key] = metrics
             sources[key] = art.version
     out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +89,8 @@ def _markdown(dataset: str, table: dict[str, dict[str, float]], sources: dict[st
     lines += ["", "![metrics](metrics.png)", ""]
     for art in artifacts:
         train: dict[str, Any] = art.metrics.get("train", {})
-        lines.append(f"- `{art.version}`: {train.get('epochs')} epochs, {train.get('seconds')} s training, "
-                     f"searches {'kept' if train.get('searches', True) else 'dropped'}")
+        lines.append(f"- `{art.version}`: {train.get('epochs')} epochs, {train.get('seconds')} s to train and "
+                     f"evaluate, searches {'kept' if train.get('searches', True) else 'dropped'}")
     return "\n".join(lines) + "\n"
 
 
