@@ -49,14 +49,14 @@ class TextProjection(nn.Module):
 class TextTable:
     """Distinct texts (item titles or search queries) and their MiniLM vectors; row 0 (no text) is zero."""
 
-    def __init__(self, texts: Iterable[str | None], encode: Callable[[Sequence[str]], np.ndarray]) -> None:
+    def __init__(self, texts: Iterable[str | None], encode: Callable[[Sequence[str]], np.ndarray],
+                 dim: int) -> None:
         self.rows: dict[str, int] = {}
         for text in texts:
             if text and text not in self.rows:
                 self.rows[text] = len(self.rows) + 1
-        vectors = encode(list(self.rows)) if self.rows else np.zeros((0, 0), np.float32)
-        width = vectors.shape[1] if self.rows else 0
-        self.vectors = np.concatenate([np.zeros((1, width), np.float32), vectors]).astype(np.float32)
+        vectors = encode(list(self.rows)) if self.rows else np.zeros((0, dim), np.float32)
+        self.vectors = np.concatenate([np.zeros((1, dim), np.float32), vectors]).astype(np.float32)
 
     def index(self, texts: Sequence[str | None]) -> np.ndarray:
         """Rows of the texts (0 for none or unknown)."""

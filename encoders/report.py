@@ -3,7 +3,8 @@
 Each artifact is scored on its own dataset's test period, rebuilt exactly as training built it: the cutoff
 stored in the artifact, its item id map, and search events kept or dropped as in training. Popularity and
 item-kNN are fitted on the same pre-cutoff events and scored on the same events. Writes ``metrics.json``
-(name -> metrics), ``report.md`` (a table) and ``metrics.png`` (a bar chart) into the output folder.
+(name -> metrics; a model trained without searches is ``<type>-no-searches``, a further artifact of the same
+kind ``<name>:<version>``), ``report.md`` (a table) and ``metrics.png`` (a bar chart) into the output folder.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def artifact_sequences(artifact: ModelArtifact, data_dir: Path
     config = artifact.model.config
     queries = None
     if getattr(config, "text_dim", 0):  # the item tower reads search queries as MiniLM vectors
-        from encoders.text import TextEncoder
+        from encoders.text import DIM, TextEncoder
 
-        queries = TextTable((e.query for e in events), TextEncoder().encode)
+        queries = TextTable((e.query for e in events), TextEncoder().encode, DIM)
     sequences = build_sequences(events, artifact.item_ids, config.query_buckets, config.max_query_tokens,
                                 queries.rows if queries is not None else None)
     return sequences, float(split["cutoff_ts"]), queries.vectors if queries is not None else None
@@ -70,8 +71,10 @@ def evaluate_artifacts(paths: Sequence[Path], data_dir: Path, out: Path,
             if name in ("popularity", "item_knn") and name in table:
                 continue  # the same split gives the same baseline figures
             key = name
-            if key in table:  # a second artifact of the same model type
-                key = f"{name}:{art.version}"
+            if name not in ("popularity", "item_knn") and not art.metrics.get("train", {}).get("searches", True):
+                key = f"{name}-no-searches"
+            if key in table:  # a second artifact of the same kind
+                key = f"{key}:{art.version}"
             table[key] = metrics
             sources[key] = art.version
     out.mkdir(parents=True, exist_ok=True)
@@ -96,8 +99,8 @@ def _markdown(dataset: str, table: dict[str, dict[str, float]], sources: dict[st
     lines += ["", "![metrics](metrics.png)", ""]
     for art in artifacts:
         train: dict[str, Any] = art.metrics.get("train", {})
-        lines.append(f"- `{art.version}`: {train.get('epochs')} epochs, {train.get('seconds')} s training, "
-                     f"searches {'kept' if train.get('searches', True) else 'dropped'}")
+        lines.append(f"- `{art.version}`: {train.get('epochs')} epochs, {train.get('seconds')} s to train and "
+                     f"evaluate, searches {'kept' if train.get('searches', True) else 'dropped'}")
     return "\n".join(lines) + "\n"
 
 

@@ -61,12 +61,14 @@ def build_sequences(events: Sequence[DatasetEvent], vocabulary: Sequence[str], q
     return out
 
 
-def training_windows(sequences: dict[str, UserSequence], cutoff: float,
-                     window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def training_windows(sequences: dict[str, UserSequence], cutoff: float, window: int,
+                     since: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fixed-length windows of the pre-cutoff events: inputs (N, W), types, tokens (N, W, Q), targets (N, W),
     query rows (N, W).
 
-    The target at step t is the item of event t + 1 (0 where that event is a search or unknown).
+    The target at step t is the item of event t + 1 (0 where that event is a search or unknown, or, with
+    ``since``, earlier than ``since``: the earlier events are then history only; windows without a target
+    are left out).
     """
     items, types, tokens, targets, queries = [], [], [], [], []
     for seq in sequences.values():
@@ -75,10 +77,15 @@ def training_windows(sequences: dict[str, UserSequence], cutoff: float,
             stop = min(start + window, n - 1)
             length = stop - start
             pad = window - length
+            target = seq.items[start + 1:stop + 1]
+            if since is not None:
+                target = np.where(seq.ts[start + 1:stop + 1] >= since, target, 0)
+                if not target.any():
+                    continue
             items.append(np.pad(seq.items[start:stop], (0, pad)))
             types.append(np.pad(seq.types[start:stop], (0, pad)))
             tokens.append(np.pad(seq.tokens[start:stop], ((0, pad), (0, 0))))
-            targets.append(np.pad(seq.items[start + 1:stop + 1], (0, pad)))
+            targets.append(np.pad(target, (0, pad)))
             rows = seq.queries[start:stop] if seq.queries is not None else np.zeros(length, np.int64)
             queries.append(np.pad(rows, (0, pad)))
     if not items:

@@ -218,10 +218,11 @@ class NumpySasrecStep:
         tokens = state[:, 2 * w:].reshape(b, w, q)[:, :length].astype(np.int64)
         x = self.item_emb[rows] + self.type_emb[types] + self.pos_emb[:length]  # (B, L, dim)
         mask = tokens != 0
-        counts = mask.sum(axis=2, keepdims=True)
-        if counts.any():  # EmbeddingBag(mode="mean", padding_idx=0): mean over non-padding tokens
-            text = (self.query_emb[tokens] * mask[..., None]).sum(axis=2)
-            x = x + text / np.maximum(counts, 1).astype(np.float32)
+        searches = mask.any(axis=2)  # (B, L): only these events have tokens to embed
+        if searches.any():  # EmbeddingBag(mode="mean", padding_idx=0): mean over non-padding tokens
+            tok, tok_mask = tokens[searches], mask[searches]  # (M, Q)
+            text = (self.query_emb[tok] * tok_mask[..., None]).sum(axis=1)
+            x[searches] += text / tok_mask.sum(axis=1, keepdims=True).astype(np.float32)
         last = np.maximum(n - 1, 0)
         users = np.arange(b)
         causal = np.triu(np.full((length, length), -np.inf, dtype=np.float32), k=1)

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: TrainConfig's)")
     t.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a field of the model's config dataclass, e.g. dim=128 (repeatable)")
+    t.add_argument("--head-fraction", type=float, default=0.0,
+                   help="latest share of training events held back to fit the session head (stacking; 0 = off)")
     t.add_argument("--no-searches", dest="searches", action="store_false",
                    help="drop search events (the with/without-searches comparison)")
     t.add_argument("--no-item-text", dest="item_text", action="store_false",
@@ -196,7 +198,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from stream.datasets import item_texts, load_events
 
     torch.set_num_threads(args.threads)
-    config = TrainConfig(epochs=args.epochs, seed=args.seed, searches=args.searches)
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, searches=args.searches,
+                         head_fraction=args.head_fraction)
     if args.lr is not None:
         config = dataclasses.replace(config, lr=args.lr)
     events = load_events(args.dataset, settings.data_dir)

@@ -23,10 +23,11 @@ def _model() -> RecurrentModel:
 
 
 def test_text_table_rows_and_zero_row() -> None:
-    table = TextTable(["b", None, "a", "b"], lambda texts: np.ones((len(texts), 3), np.float32))
+    table = TextTable(["b", None, "a", "b"], lambda texts: np.ones((len(texts), 3), np.float32), 3)
     assert table.rows == {"b": 1, "a": 2}
     assert table.vectors.shape == (3, 3) and not table.vectors[0].any()
     assert table.index(["a", None, "zz"]).tolist() == [2, 0, 0]
+    assert TextTable([None], lambda texts: np.ones((len(texts), 3), np.float32), 3).vectors.shape == (1, 3)
 
 
 def test_item_vectors_include_the_projected_text() -> None:
