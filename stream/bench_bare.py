@@ -55,9 +55,11 @@ async def run_aiokafka(settings: Settings) -> None:
     """A consumer-group loop: fetch a batch, decode each record, send it on (acks as Faust's producer)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    consumer = AIOKafkaConsumer(*settings.input_topics.values(), bootstrap_servers=settings.bootstrap_servers,
+    from stream.kafka_clients import client_options
+
+    consumer = AIOKafkaConsumer(*settings.input_topics.values(), **client_options(settings),
                                 group_id=settings.app_id, auto_offset_reset="earliest", enable_auto_commit=True)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=0)
     await producer.start()
     await consumer.start()
     try:

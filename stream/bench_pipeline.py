@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 
 from stream.config import Settings
 from stream.errors import ConfigError
+from stream.kafka_clients import client_options
 from stream.loadgen import OutputReader, PacedSender, Template, templates
 from stream.processes import start_worker, stop_worker
 from stream.profiling import start_py_spy, top_frames
@@ -138,9 +139,9 @@ class Phase:
     def __init__(self, settings: Settings, pid: int, events: list[Template], tag: str) -> None:
         self.settings = settings
         self.pid = pid
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=1)
+        self.producer = AIOKafkaProducer(**client_options(settings), acks=1, linger_ms=1)
         self.sender = PacedSender(self.producer, settings.input_topics, events, tag)
-        self.reader = OutputReader(settings.bootstrap_servers, settings.topic_recommendations,
+        self.reader = OutputReader(client_options(settings), settings.topic_recommendations,
                                    settings.partitions, tag)
 
     async def __aenter__(self) -> Phase:

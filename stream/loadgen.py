@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -126,7 +127,7 @@ class Output:
 class OutputReader:
     """Reads an output topic from its end; keeps the timing of every output of this run's events."""
 
-    bootstrap_servers: str
+    client: dict[str, Any]  # connection options (stream.kafka_clients.client_options)
     topic: str
     partitions: int
     tag: str
@@ -137,7 +138,7 @@ class OutputReader:
 
     async def start(self) -> None:
         """Seek to the end of every partition and start reading in the background."""
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
+        self._consumer = AIOKafkaConsumer(**self.client, group_id=None,
                                           enable_auto_commit=False, fetch_max_wait_ms=5)
         await self._consumer.start()
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
