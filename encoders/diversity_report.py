@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders.artifact import load_artifact
-from encoders.evaluation import model_scorer, target_positions
+from encoders.evaluation import held_out, model_scorer
 from encoders.report import artifact_sequences
 from stream.datasets import load_catalog
 from stream.rerank import diversify
@@ -37,12 +37,7 @@ def evaluate_diversity(path: Path, data_dir: Path, strengths: Sequence[float],
     categories = {r.item_id: r.category for r in load_catalog(artifact.dataset, data_dir)}
     row_category = [None] + [categories.get(item) for item in artifact.item_ids]
     results: dict[str, list[tuple[int, float, int]]] = {f"diversity={s:g}": [] for s in strengths}
-    events = 0
-    for user in sorted(sequences):
-        seq = sequences[user]
-        positions = target_positions(seq, cutoff)
-        if not positions:
-            continue
+    for _, seq, positions in held_out(sequences, cutoff, max_events):
         scores = np.asarray(scorer(seq, positions), dtype=np.float64)
         scores[:, 0] = -np.inf
         for p, target in enumerate(seq.items[positions]):
@@ -57,9 +52,6 @@ def evaluate_diversity(path: Path, data_dir: Path, strengths: Sequence[float],
                 spread = float(1.0 - similarity[np.triu_indices(len(top), 1)].mean())
                 kinds = len({row_category[r] for r in chosen[:10] if row_category[r] is not None})
                 results[f"diversity={s:g}"].append((rank, spread, kinds))
-        events += len(positions)
-        if events >= max_events:
-            break
     out = {}
     for name, rows in results.items():
         ranks = np.array([r for r, _, _ in rows], dtype=np.float64)

@@ -10,7 +10,7 @@ popularity share of the recommended top 20). Baselines are scored on exactly the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -59,6 +59,21 @@ def target_positions(seq: UserSequence, cutoff: float) -> list[int]:
     return [t for t in range(first, len(seq.ts)) if seq.types[t] != SEARCH_TYPE]
 
 
+def held_out(sequences: dict[str, UserSequence], cutoff: float,
+             max_events: int) -> Iterator[tuple[str, UserSequence, list[int]]]:
+    """The evaluated targets, in evaluation order: users sorted, each user's held-out positions, until at
+    least ``max_events`` targets (a user's targets are never split)."""
+    events = 0
+    for user in sorted(sequences):
+        positions = target_positions(sequences[user], cutoff)
+        if not positions:
+            continue
+        yield user, sequences[user], positions
+        events += len(positions)
+        if events >= max_events:
+            return
+
+
 def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cutoff: float, n_items: int,
              popularity: np.ndarray, max_events: int = 50_000) -> dict[str, dict[str, float]]:
     """Metrics per scorer name on the same held-out events (users in sorted order, capped at max_events)."""
@@ -67,12 +82,7 @@ def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cut
     ranks: dict[str, list[int]] = {name: [] for name in scorers}
     seen: dict[str, set[int]] = {name: set() for name in scorers}
     novelty: dict[str, list[float]] = {name: [] for name in scorers}
-    events = 0
-    for user in sorted(sequences):
-        seq = sequences[user]
-        positions = target_positions(seq, cutoff)
-        if not positions:
-            continue
+    for _, seq, positions in held_out(sequences, cutoff, max_events):
         targets = seq.items[positions]
         for name, scorer in scorers.items():
             scores = np.array(scorer(seq, positions), dtype=np.float64)
@@ -85,9 +95,6 @@ def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cut
                     ranks[name].append(n_items)  # an item first seen after the cutoff: a miss
                 else:
                     ranks[name].append(int((scores[p] > scores[p, target]).sum()))
-        events += len(positions)
-        if events >= max_events:
-            break
     return {name: _metrics(ranks[name], len(seen[name]), n_items, novelty[name]) for name in scorers}
 
 

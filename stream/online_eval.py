@@ -43,24 +43,23 @@ class Plan:
 
 
 def plan(events: list[DatasetEvent], cutoff: float, max_events: int) -> Plan:
-    """Pick the offline evaluation's users and targets, and the events to replay for them."""
+    """Pick the offline evaluation's users and targets (``encoders.evaluation.held_out``, the same rule),
+    and the events to replay for them."""
+    from encoders.evaluation import held_out
+    from encoders.sequences import build_sequences
+
     by_user: dict[str, list[DatasetEvent]] = defaultdict(list)
     for e in events:
         by_user[e.user_id].append(e)
+    sequences = build_sequences(events, [], 2, 1)  # target selection reads only times and event types
     popularity = Counter(e.item_id for e in events if e.ts < cutoff and e.item_id is not None)
     chosen: list[tuple[str, DatasetEvent]] = []
     targets: list[tuple[str, str, str, int]] = []
-    for user in sorted(by_user):
+    for user, _, positions in held_out(sequences, cutoff, max_events):
         history = by_user[user]
         ids = [uuid.uuid4().hex for _ in history]
-        found = [(ids[t - 1], e.item_id, user, t) for t, e in enumerate(history)
-                 if t >= 1 and e.ts >= cutoff and e.type != "search" and e.item_id is not None]
-        if not found:
-            continue
         chosen += list(zip(ids, history, strict=True))
-        targets += found
-        if len(targets) >= max_events:
-            break
+        targets += [(ids[t - 1], str(history[t].item_id), user, t) for t in positions]
     chosen.sort(key=lambda pair: pair[1].ts)  # one stream in time order, as the data happened
     return Plan(chosen, targets, popularity, len(popularity))
 

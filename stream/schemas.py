@@ -53,13 +53,9 @@ class Event:
 
     def to_json(self) -> bytes:
         """Serialise as the wire format (used by producers such as replay and tests)."""
-        body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "user_id": self.user_id, "ts": self.ts,
-                                "event_id": self.event_id}
-        for name in ("item_id", "query", "session_id", "quantity", "price"):
-            value = getattr(self, name)
-            if value is not None:
-                body[name] = value
-        return orjson.dumps(body)
+        return _with_optional({"schema_version": SCHEMA_VERSION, "user_id": self.user_id, "ts": self.ts,
+                               "event_id": self.event_id},
+                              self, ("item_id", "query", "session_id", "quantity", "price"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +87,8 @@ class ItemRecord:
         """The wire format of an upsert or a delete."""
         if self.deleted:
             return orjson.dumps({"schema_version": SCHEMA_VERSION, "item_id": self.item_id, "deleted": True})
-        body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "item_id": self.item_id,
-                                "available": self.available}
-        for name in ("title", "category", "price"):
-            value = getattr(self, name)
-            if value is not None:
-                body[name] = value
-        return orjson.dumps(body)
+        return _with_optional({"schema_version": SCHEMA_VERSION, "item_id": self.item_id, "available": self.available},
+                              self, ("title", "category", "price"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,13 +217,7 @@ def decode_event(event_type: EventType, raw: bytes | None, source: Source, *, ma
     if quantity is not None and (not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1):
         raise InvalidEvent("invalid_value" if isinstance(quantity, int) else "wrong_type",
                            "quantity must be a positive integer")
-    price = body.get("price")
-    if price is not None:
-        if not isinstance(price, (int, float)) or isinstance(price, bool):
-            raise InvalidEvent("wrong_type", "price must be a number")
-        if not math.isfinite(price) or price < 0:
-            raise InvalidEvent("invalid_value", "price must be finite and >= 0")
-        price = float(price)
+    price = _price(body)
     return Event("purchase", user_id, ts, event_id, item_id=item_id, session_id=session_id,
                  quantity=quantity, price=price)
 
@@ -270,13 +255,7 @@ def decode_item(raw: bytes | None, key: bytes | None, *, max_bytes: int = 65536)
             raise InvalidEvent("wrong_type" if not isinstance(value, str) else "invalid_value",
                                f"{name} must be a string of 1..{limit} characters")
         texts[name] = value.strip() if isinstance(value, str) else None
-    price = body.get("price")
-    if price is not None:
-        if not isinstance(price, (int, float)) or isinstance(price, bool):
-            raise InvalidEvent("wrong_type", "price must be a number")
-        if not math.isfinite(price) or price < 0:
-            raise InvalidEvent("invalid_value", "price must be finite and >= 0")
-        price = float(price)
+    price = _price(body)
     return ItemRecord(item_id, title=texts["title"], category=texts["category"], price=price, available=available)
 
 
@@ -336,6 +315,27 @@ def _identifier(body: dict[str, Any], name: str, *, required: bool) -> str | Non
     if not text or len(text) > MAX_ID_LEN or not text.isprintable():
         raise InvalidEvent("invalid_value", f"{name} must be 1..{MAX_ID_LEN} printable characters")
     return text
+
+
+def _price(body: dict[str, Any]) -> float | None:
+    """An optional price: a finite number >= 0."""
+    price = body.get("price")
+    if price is None:
+        return None
+    if not isinstance(price, (int, float)) or isinstance(price, bool):
+        raise InvalidEvent("wrong_type", "price must be a number")
+    if not math.isfinite(price) or price < 0:
+        raise InvalidEvent("invalid_value", "price must be finite and >= 0")
+    return float(price)
+
+
+def _with_optional(body: dict[str, Any], record: object, names: tuple[str, ...]) -> bytes:
+    """``body`` plus the named attributes of ``record`` that are set, as JSON."""
+    for name in names:
+        value = getattr(record, name)
+        if value is not None:
+            body[name] = value
+    return orjson.dumps(body)
 
 
 def _timestamp(body: dict[str, Any], max_future_skew_s: float, now: float) -> float:

@@ -38,10 +38,10 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
-        self._vectors = self.encoder.item_vectors()
-        # The same rows plus a zero row at the end (row -1: an item the model does not know), raw and unit
-        # length: lookups for explanations and diversity are then one fancy-index each.
-        padded = np.vstack([self._vectors, np.zeros((1, self._vectors.shape[1]), np.float32)])
+        # The model's item vectors plus a zero row at the end (row -1: an item the model does not know), raw
+        # and unit length: lookups for explanations and diversity are then one fancy-index each.
+        vectors = self.encoder.item_vectors()
+        padded = np.vstack([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
         norms = np.linalg.norm(padded, axis=1, keepdims=True)
         self._padded = padded
         self._unit = (padded / np.maximum(norms, 1e-9)).astype(np.float32)
@@ -86,7 +86,7 @@ class ServedModel:
             if row is not None:
                 if item_id not in self.index:
                     add_ids.append(item_id)
-                    add_vectors.append(self._vectors[row])
+                    add_vectors.append(self._padded[row])
                 continue
             text = entry.text if entry is not None else None
             cached = self.text_vectors.get(item_id)
@@ -123,12 +123,9 @@ def load_served_model(path: Path, settings: Settings, catalog: Catalog, filters:
     index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                       ef=settings.hnsw_ef, capacity=len(encoder.item_ids) + len(catalog))
     served = ServedModel(encoder, index, artifact)
-    model_items = [item for item in encoder.item_ids
-                   if filters.admits(catalog.get(item), catalog.was_deleted(item))]
-    rows = {item: n for n, item in enumerate(encoder.item_ids)}
-    if model_items:
-        index.add(model_items, encoder.item_vectors()[[rows[i] for i in model_items]])
-    served.sync((c.item_id for c in catalog.items() if c.item_id not in rows), catalog, filters)
+    known = set(encoder.item_ids)
+    served.sync([*encoder.item_ids, *(c.item_id for c in catalog.items() if c.item_id not in known)], catalog,
+                filters)
     log.info("model %s loaded: %d items indexed (%d from the catalog's text)", encoder.version, len(index),
              len(served.text_vectors))
     return served

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 import orjson
 
@@ -24,7 +24,8 @@ REBASE = 30.0  # rebase a partition's counts when exp(rate * (ts - reference)) w
 class Trending:
     """Decayed item counts per partition, and the merged top list."""
 
-    def __init__(self, half_life_s: float, capacity: int = 1000, clock: object = time.monotonic) -> None:
+    def __init__(self, half_life_s: float, capacity: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = math.log(2) / half_life_s
         self.capacity = capacity  # items kept per partition; the tail is pruned
         self._counts: dict[int, dict[str, float]] = {}  # partition -> item -> count at the partition's time
@@ -32,7 +33,7 @@ class Trending:
         self._flushed: dict[int, float] = {}
         self._top: list[tuple[str, float]] = []
         self._top_at = -math.inf
-        self._clock = clock if callable(clock) else time.monotonic
+        self._clock = clock
 
     def observe(self, partition: int, item_id: str, event_type: str, ts: float,
                 table: MutableMapping[str, bytes] | None = None) -> None:
