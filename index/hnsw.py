@@ -17,8 +17,10 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-# Above this many excluded items present in the index, search with a filter callable instead of over-fetching.
+# Up to this many excluded items, over-fetch k + excluded; above it, over-fetch OVERFETCH x k and fall back to a
+# filter callable when too few allowed items come back.
 FILTER_THRESHOLD = 100
+OVERFETCH = 4
 
 
 class HnswIndex:
@@ -71,33 +73,42 @@ class HnswIndex:
     def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """Top-k by inner product, never an excluded id.
 
-        Few exclusions: over-fetch k + excluded and drop them (cheapest). Many: hnswlib's filter callable,
-        which measured 2.3x faster at 1,000 exclusions on 50k items (0.12 vs 0.14 ms at 10; see README).
+        Few exclusions: over-fetch k + excluded and drop them. Many (a long purchase history): over-fetch
+        ``OVERFETCH`` x k first, which leaves k allowed items for nearly every user (the excluded items are
+        rarely all among the nearest); only when it does not, search again with hnswlib's filter callable
+        (a Python call per visited node: 52 vs 20 us on MovieLens's heaviest users, README).
         """
         q = np.asarray(query, np.float32).reshape(1, self.dim)
+        if not isinstance(exclude, (set, frozenset, dict)):
+            exclude = set(exclude)  # membership is tested per result
         with self._lock:
             live = len(self._labels)
             if live == 0:
                 return []
-            blocked = {self._labels[item] for item in exclude if item in self._labels}
-            ids = self._ids
-            if len(blocked) > FILTER_THRESHOLD:
+            many = len(exclude) > FILTER_THRESHOLD
+            fetch = min(k * OVERFETCH if many else k + len(exclude), live)
+            self._index.set_ef(max(self.ef, fetch))
+            labels, distances = self._index.knn_query(q, k=fetch)
+            out = self._allowed(labels[0], distances[0], exclude, k)
+            if len(out) < k and many and fetch < live:
+                blocked = {self._labels[item] for item in exclude if item in self._labels}
                 fetch = min(k, live - len(blocked))
                 if fetch <= 0:
                     return []
                 labels, distances = self._filtered_query(q, fetch, blocked, live)
-            else:
-                fetch = min(k + len(blocked), live)
-                self._index.set_ef(max(self.ef, fetch))
-                labels, distances = self._index.knn_query(q, k=fetch)
+                out = self._allowed(labels[0], distances[0], exclude, k)
+        return out
+
+    def _allowed(self, labels: np.ndarray, distances: np.ndarray, exclude: Collection[str],
+                 k: int) -> list[tuple[str, float]]:
+        """The first k live, non-excluded results as (id, inner product)."""
+        ids = self._ids
         out: list[tuple[str, float]] = []
-        for label, distance in zip(labels[0], distances[0], strict=True):
-            if int(label) in blocked:
+        for label, distance in zip(labels.tolist(), distances.tolist(), strict=True):
+            item = ids.get(label)
+            if item is None or item in exclude:
                 continue
-            item = ids.get(int(label))
-            if item is None:
-                continue
-            out.append((item, 1.0 - float(distance)))  # hnswlib's ip distance is 1 - <q, v>
+            out.append((item, 1.0 - distance))  # hnswlib's ip distance is 1 - <q, v>
             if len(out) == k:
                 break
         return out

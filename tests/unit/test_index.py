@@ -36,6 +36,12 @@ def test_exclusions_still_fill_k() -> None:
     got = index.search(vectors[0], 10, exclude=many)
     assert len(got) == 10 and not {i for i, _ in got} & many
     assert len(index.search(vectors[0], 10, exclude=set(ids[5:]))) == 5  # only five items left
+    far = {i for i, _ in index.search(vectors[0], 500)[-150:]}  # many, but none near: the over-fetch suffices
+    assert index.search(vectors[0], 10, exclude=far) == index.search(vectors[0], 10)
+    brute = BruteForceIndex(16)
+    brute.add(ids, vectors)
+    expected = [i for i, _ in brute.search(vectors[0], 10, exclude=many)]
+    assert len({i for i, _ in index.search(vectors[0], 10, exclude=many)} & set(expected)) >= 9
 
 
 def test_remove_replace_and_round_trip(tmp_path: Path) -> None:
