@@ -142,3 +142,33 @@ def test_erasure_forgets_the_user_and_tombstones_the_list(recommender: Recommend
     assert bad.dead_letter and bad.reason == "missing_field"
     registry = recommender.metrics.registry  # type: ignore[union-attr]
     assert registry.get_sample_value("streamrec_worker_erasures_total") == 2
+
+
+class CopyingTable(dict[str, bytes]):
+    """A table whose reads return equal but new bytes objects, as a RocksDB store does."""
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        value = super().get(key, default)
+        return None if value is None else bytes(bytearray(value))
+
+
+def test_decoded_state_cache_matches_decoding_and_yields_to_a_replaced_value(recommender: Recommender) -> None:
+    cached: dict[str, bytes] = {}
+    copying = CopyingTable()
+    items = recommender.encoder.item_ids
+    for n in range(6):  # the dict hands back the stored object (cache hits); the copying table never does
+        key, raw = click("u9", items[n * 7], f"c{n}")
+        a = recommender.handle("click", raw, key, Source("clicks", 0, n), cached)
+        b = recommender.handle("click", raw, key, Source("clicks", 0, n), copying)
+        assert a.recommendation is not None and b.recommendation is not None
+        assert a.recommendation.items == b.recommendation.items
+        assert cached["u9"] == copying["u9"]
+    # A value written by someone else (a changelog restore, another worker) replaces the cached state.
+    other: dict[str, bytes] = {}
+    key, raw = click("u9", items[100], "x")
+    recommender.handle("click", raw, key, Source("clicks", 0, 0), other)
+    cached["u9"] = other["u9"]
+    key, raw = click("u9", items[101], "y")
+    recommender.handle("click", raw, key, Source("clicks", 0, 1), cached)
+    state = UserState.from_bytes(cached["u9"])
+    assert state.recent == [("click", items[100]), ("click", items[101])] and state.events == 2
