@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from typing import Any, Protocol
@@ -36,23 +37,28 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
 
     produce_stage = metrics.stage.labels(stage="produce") if metrics else None
 
-    def produced(started: float) -> Callable[[Any], None] | None:
-        if produce_stage is None:
-            return None
+    def produced(started: float) -> Callable[[Any], None]:
+        assert produce_stage is not None
         return lambda _: produce_stage.observe(time.perf_counter() - started)
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
+        # Lists go straight to the app's producer (Faust's public ProducerT.send: into aiokafka's batch
+        # accumulator, partitioned by key like any topic send), not through Topic.send_soon's future-message
+        # buffer, which cost ~40 us more an event. At-least-once holds the same way: before Faust commits an
+        # offset it flushes this producer, so a list is never lost behind a commit; the agent does not wait
+        # for the broker's ack per event (the produce stage times enqueue to ack).
+        producer = stream.app.producer
+        names = {False: recommendations.get_topic_name(), True: dead_letters.get_topic_name()}
         events: AsyncIterator[faust.EventT[bytes]] = stream.events()
         async for event in events:
             message = event.message
             outcome = recommender.handle(event_type, message.value, message.key,
                                          Source(message.topic, message.partition, message.offset), states,
                                          trending)
-            target = dead_letters if outcome.dead_letter else recommendations
-            # Into Faust's producer buffer, as table changelog writes go, without waiting for the broker's
-            # ack: Faust flushes the buffer before it commits offsets, so a list is never lost behind a commit,
-            # and the agent does not idle per event on the round trip (the produce stage times enqueue to ack).
-            target.send_soon(key=outcome.key, value=outcome.value, callback=produced(time.perf_counter()))
+            started = time.perf_counter()
+            ack = await producer.send(names[outcome.dead_letter], outcome.key, outcome.value, None, None, None)
+            if produce_stage is not None:
+                asyncio.ensure_future(ack).add_done_callback(produced(started))
             processed[(message.topic, message.partition)] = message.offset
 
     agent.__name__ = f"{event_type}_agent"
