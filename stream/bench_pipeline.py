@@ -275,7 +275,8 @@ def _cpu_at_common_rate(steps: dict[str, list[dict[str, Any]]], a: str, b: str) 
 
 def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict[str, Any]:
     """The whole benchmark; returns the one JSON object ``bench pipeline`` prints."""
-    from stream.broker import BrokerNode, LocalKafka, free_port
+    from stream.broker import LocalKafka, free_port
+    from stream.broker_config import BrokerNode
     from stream.datasets import load_events
     from stream.kafka_jars import KafkaJars
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import BrokerNode, LocalKafka, free_port
+from stream.broker import LocalKafka, free_port
+from stream.broker_config import BrokerNode
 from stream.config import Settings
 from stream.kafka_jars import KafkaJars
 from stream.topics import ensure_topics

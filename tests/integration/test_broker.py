@@ -11,7 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.broker import BrokerNode, LocalKafka, free_port
+from stream.broker import LocalKafka, free_port
+from stream.broker_config import BrokerNode
 from stream.kafka_jars import KafkaJars
 
 JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", Path(__file__).resolve().parents[2] / ".streamrec" / "kafka-jars"))

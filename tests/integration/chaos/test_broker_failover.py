@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from stream.audit import audit
-from stream.broker import BrokerNode, LocalKafka, free_port
+from stream.broker import LocalKafka, free_port
+from stream.broker_config import BrokerNode
 from stream.config import Settings
 from stream.consume import wait_until_serving
 from stream.datasets import load_events
