@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from encoders.text_numpy import NumpyBert
 from stream.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class TextEncoder:
         hidden = int(self._model.config.hidden_size)
         if hidden != DIM:
             raise ArtifactError(f"text model in {self.folder} has hidden size {hidden}, expected {DIM}")
+        self._numpy = NumpyBert(self._model)  # single queries: the same forward without torch's overhead
         self._cached = functools.lru_cache(maxsize=cache_size)(self._encode_key)
 
     @property
@@ -137,7 +139,8 @@ class TextEncoder:
         self._cached.cache_clear()
 
     def _encode_key(self, key: str) -> np.ndarray:
-        vector: np.ndarray = self._encode_batch([key])[0]
+        ids = self._tokenizer(key, truncation=True, max_length=self.max_length)["input_ids"]
+        vector = self._numpy.encode(np.asarray(ids, dtype=np.int64))
         vector.setflags(write=False)  # shared by every later hit: callers must not change it
         return vector
 

@@ -66,6 +66,16 @@ def test_batched_equals_one_by_one(encoder: TextEncoder, movies: dict[str, str])
     assert np.abs(batched - single).max() <= 1e-5
 
 
+def test_numpy_single_query_path_equals_the_transformers_model(encoder: TextEncoder,
+                                                               movies: dict[str, str]) -> None:
+    # encode_one runs encoders/text_numpy.py; encode runs transformers. Truncation at max_length included.
+    texts = ["dark comedy", "a", "émigré café, naïve rôle", "long " * 200, *list(movies.values())[200:210]]
+    encoder.cache_clear()
+    single = np.stack([encoder.encode_one(t) for t in texts])
+    encoder.cache_clear()  # the module's encoder is shared: leave its cache as found
+    assert np.abs(single - encoder.encode(texts)).max() <= 1e-5
+
+
 def test_query_is_closer_to_the_matching_movie(encoder: TextEncoder, movies: dict[str, str]) -> None:
     star_wars = movies["Star Wars: Episode IV - A New Hope (1977)"]
     notting_hill = movies["Notting Hill (1999)"]
