@@ -56,6 +56,11 @@ class UserEncoder:
             return tokens
         return np.concatenate([tokens.astype(np.float32), self._text.encode_one(query)])
 
+    def text_pending(self, query: str) -> bool:
+        """Whether :meth:`encode_text` would run the text model for this query (a model with a text path, and
+        a query not in its cache): milliseconds of CPU that the worker spends off its event loop."""
+        return self._text is not None and not self._text.is_cached(query)
+
     def step(self, state: np.ndarray, event_type: str, item_id: str | None,
              text: np.ndarray | None = None) -> np.ndarray:
         """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step

@@ -13,9 +13,9 @@ attention mask, then L2-normalised, so inner product = cosine similarity.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -101,7 +101,12 @@ class TextEncoder:
         if hidden != DIM:
             raise ArtifactError(f"text model in {self.folder} has hidden size {hidden}, expected {DIM}")
         self._numpy = NumpyBert(self._model)  # single queries: the same forward without torch's overhead
-        self._cached = functools.lru_cache(maxsize=cache_size)(self._encode_key)
+        # LRU of encode_one: dict order is least recently used first; a lock, since a worker may warm it from a
+        # thread (stream/agents.py) while the event loop reads it.
+        self._cache: dict[str, np.ndarray] = {}
+        self._cache_size = cache_size
+        self._hits = self._misses = 0
+        self._lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -126,17 +131,35 @@ class TextEncoder:
         uncased); doing it in the key too would be redundant here, and wrong for a cased model or wherever
         ``str.lower`` and the tokenizer's Unicode normaliser disagree.
         """
-        out: np.ndarray = self._cached(text.strip())
-        return out
+        key = text.strip()
+        with self._lock:
+            vector = self._cache.pop(key, None)
+            if vector is not None:
+                self._cache[key] = vector  # now the most recently used
+                self._hits += 1
+                return vector
+        vector = self._encode_key(key)
+        with self._lock:
+            self._misses += 1
+            self._cache[key] = vector
+            if len(self._cache) > self._cache_size:
+                del self._cache[next(iter(self._cache))]
+        return vector
+
+    def is_cached(self, text: str) -> bool:
+        """Whether :meth:`encode_one` would answer ``text`` from the cache (no counters change)."""
+        return text.strip() in self._cache
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maximum and current size of the :meth:`encode_one` cache."""
-        info = self._cached.cache_info()
-        return CacheInfo(info.hits, info.misses, info.maxsize or 0, info.currsize)
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, self._cache_size, len(self._cache))
 
     def cache_clear(self) -> None:
         """Empty the :meth:`encode_one` cache and reset its counters."""
-        self._cached.cache_clear()
+        with self._lock:
+            self._cache.clear()
+            self._hits = self._misses = 0
 
     def _encode_key(self, key: str) -> np.ndarray:
         ids = self._tokenizer(key, truncation=True, max_length=self.max_length)["input_ids"]

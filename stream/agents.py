@@ -24,6 +24,9 @@ class Handler(Protocol):
                states: MutableMapping[str, bytes], trending: MutableMapping[str, bytes] | None = None) -> Outcome:
         """Process one input record and say what to produce."""
 
+    def pending_text(self, event_type: EventType, raw: bytes | None, source: Source) -> Callable[[], object] | None:
+        """Slow work ``handle`` would do for this record that may run in a thread beforehand (or None)."""
+
 
 def make_agent(event_type: EventType, recommender: Handler, states: MutableMapping[str, bytes],
                recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics | None,
@@ -50,11 +53,16 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
         producer = stream.app.producer
         names = {False: recommendations.get_topic_name(), True: dead_letters.get_topic_name()}
         events: AsyncIterator[faust.EventT[bytes]] = stream.events()
+        loop = asyncio.get_running_loop()
         async for event in events:
             message = event.message
-            outcome = recommender.handle(event_type, message.value, message.key,
-                                         Source(message.topic, message.partition, message.offset), states,
-                                         trending)
+            source = Source(message.topic, message.partition, message.offset)
+            # A search with a query the text model has not seen costs milliseconds of CPU (MiniLM): run it in
+            # a thread (numpy and torch release the GIL), so the other agents' events are not held up behind it.
+            slow = recommender.pending_text(event_type, message.value, source)
+            if slow is not None:
+                await loop.run_in_executor(None, slow)
+            outcome = recommender.handle(event_type, message.value, message.key, source, states, trending)
             started = time.perf_counter()
             ack = await producer.send(names[outcome.dead_letter], outcome.key, outcome.value, None, None, None)
             if produce_stage is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 import orjson
 
@@ -27,6 +27,10 @@ class Forward:
         """Decode, then forward the original bytes under the same key."""
         orjson.loads(raw or b"null")
         return Outcome(key, raw, False)
+
+    def pending_text(self, event_type: EventType, raw: bytes | None, source: Source) -> Callable[[], object] | None:
+        """Nothing to encode: the bare agent has no model."""
+        return None
 
 
 def run_faust(settings: Settings) -> None:

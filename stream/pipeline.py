@@ -216,6 +216,23 @@ class Recommender:
             m.child(m.event_to_recommendation, event.type, arm.name).observe(max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
 
+    def pending_text(self, event_type: EventType, raw: bytes | None, source: Source) -> Callable[[], object] | None:
+        """For a valid search whose query the user's text model has not encoded yet: the call that encodes it,
+        for the agent to run in a thread while other events go on (``handle`` then finds it cached). None for
+        anything else; ``handle`` judges invalid records."""
+        if event_type != "search":
+            return None
+        try:
+            event = decode_event(event_type, raw, source, max_bytes=self.rules.max_event_bytes,
+                                 max_future_skew_s=self.rules.max_future_skew_s, now=self.clock())
+        except InvalidEvent:
+            return None
+        encoder = self.arms[self.assignment.variant_of(event.user_id)].served.encoder
+        query = event.query
+        if query is None or not encoder.text_pending(query):
+            return None
+        return lambda: encoder.encode_text(query)
+
     def apply_items(self, records: list[ItemRecord]) -> None:
         """Apply catalog changes and bring the served index in line (new, changed, unavailable, deleted)."""
         for record in records:

@@ -63,3 +63,27 @@ def test_served_search_step_equals_torch_and_text_only_items_get_vectors() -> No
 def text_vector(encoder: UserEncoder, text: str) -> np.ndarray:
     """The MiniLM part of the encoder's query form."""
     return encoder.encode_text(text)[8:]
+
+
+def test_an_unseen_query_is_encoded_before_handle_and_then_served_from_the_cache() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from index.brute import BruteForceIndex
+    from stream.metrics import Metrics
+    from stream.pipeline import Recommender, Rules
+    from stream.schemas import Source
+
+    encoder = UserEncoder(ModelArtifact(_model(), [f"m{n}" for n in range(1, 7)], "v", "test", {}, Path(".")))
+    index = BruteForceIndex(encoder.dim)
+    index.add(encoder.item_ids, encoder.item_vectors())
+    recommender = Recommender(encoder, index, Rules(top_k=3), Metrics(CollectorRegistry()), clock=lambda: 1e9)
+    raw = b'{"schema_version": 1, "user_id": "u", "query": "heist thriller", "ts": 999999999.0}'
+    source = Source("searches", 0, 0)
+    slow = recommender.pending_text("search", raw, source)
+    assert slow is not None  # a model with a text path, a query it has not seen
+    slow()
+    assert recommender.pending_text("search", raw, source) is None  # now cached
+    assert recommender.pending_text("click", raw, source) is None
+    assert recommender.pending_text("search", b'{"query": 1}', source) is None  # invalid: handle() reports it
+    out = recommender.handle("search", raw, b"u", source, {})
+    assert out.recommendation is not None and len(out.recommendation.items) == 3
