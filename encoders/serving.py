@@ -28,6 +28,8 @@ class UserEncoder:
         self.model_type = model.config.cell  # "gru", "lstm" or "sasrec"
         self.item_ids = artifact.item_ids
         self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
+        self._ids_by_row = np.array(["", *artifact.item_ids], dtype=object)  # row -> id, for vectorised lookups
+        self._type_ids = {kind: TYPE_IDS[kind] for kind in TYPE_IDS}
         config = artifact.model.config
         self.dim = config.dim
         self.state_size = config.state_size
@@ -96,10 +98,11 @@ class UserEncoder:
         repeat head's bonus, exactly as the offline evaluation scores them; empty without a repeat head."""
         if self._repeat is None or not recent:
             return {}
-        rows = [self._rows.get(item, 0) for _, item in recent]
-        rows_u, bonus = self._repeat.bonus(query, rows, [TYPE_IDS[kind] for kind, _ in recent])
-        base = self._step.item_emb[rows_u] @ query
-        return {self.item_ids[r - 1]: float(s + b) for r, s, b in zip(rows_u, base, bonus, strict=True)}
+        get, type_id = self._rows.get, self._type_ids.__getitem__
+        rows = [get(item, 0) for _, item in recent]
+        rows_u, bonus = self._repeat.bonus(query, rows, [type_id(kind) for kind, _ in recent])
+        scores = self._step.item_emb[rows_u] @ query + bonus
+        return dict(zip(self._ids_by_row[rows_u].tolist(), scores.tolist(), strict=True))
 
     def item_vectors(self) -> np.ndarray:
         """(n_items, dim) item embeddings in ``item_ids`` order."""
