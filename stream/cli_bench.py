@@ -69,7 +69,11 @@ def run_bench_command(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(bench_state(settings, model, args.users)), flush=True)
         return 0
     if args.bench == "encoders":
+        import torch
+
         from encoders.bench import bench_encoders
+
+        torch.set_num_threads(settings.torch_threads)  # as a worker runs: one thread unless configured
 
         for row in bench_encoders(args.dataset, settings.data_dir, events=args.events, batch=args.batch,
                                   queries=args.queries):
