@@ -99,7 +99,12 @@ def _markdown(dataset: str, table: dict[str, dict[str, float]], sources: dict[st
     lines += ["", "![metrics](metrics.png)", ""]
     for art in artifacts:
         train: dict[str, Any] = art.metrics.get("train", {})
-        lines.append(f"- `{art.version}`: {train.get('epochs')} epochs, {train.get('seconds')} s to train and "
+        mix = train.get("mix")
+        epochs = f"{train.get('epochs')} epochs"
+        if mix:  # the epoch count was chosen on the validation slice
+            epochs = (f"{mix['chosen_epochs']} epochs (of {train.get('epochs')} validated; item-kNN mix "
+                      f"c={mix['repeat_scale']}, w={mix['knn_weight']})")
+        lines.append(f"- `{art.version}`: {epochs}, {train.get('seconds')} s to train and "
                      f"evaluate, searches {'kept' if train.get('searches', True) else 'dropped'}")
     return "\n".join(lines) + "\n"
 

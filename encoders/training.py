@@ -7,13 +7,18 @@ the recurrent models train on 64-event windows of them, SASRec on windows of its
 ranks all items for each held-out click/purchase, predicted from the user's entire history before it (see
 evaluation.py); a session that straddles the cutoff keeps its earlier part as history. Dropping searches
 (``searches=False``) happens after the cutoff is fixed, so both variants share the split and test events.
+
+With ``mix_fraction`` > 0 (encoders/mix.py) the latest share of the training events is a validation slice:
+a model trained on the events before it is validated after each epoch, which chooses the epoch count and
+the weights of the item-kNN mix; the final model is then trained afresh on all training events for that
+many epochs and gets the chosen mix with the kNN similarity of the whole training period.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,9 +30,10 @@ from encoders.baselines import ItemKnn
 from encoders.evaluation import evaluate_model
 from encoders.gru import RecurrentModel
 from encoders.item_tower import TextTable
+from encoders.mix import Mix, fit_mix, knn_table, with_mix
 from encoders.models import SequenceModel, build_model
 from encoders.repeat import neighbour_table
-from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
+from encoders.sequences import UserSequence, build_sequences, build_vocabulary, temporal_cutoff, training_windows
 from encoders.transformer import SasrecConfig
 from stream.datasets import DatasetEvent
 
@@ -54,6 +60,9 @@ class TrainConfig:
     head_fraction: float = 0.0  # latest share of the training events held back to fit the session head (0 = off)
     head_epochs: int = 4
     head_lr: float = 5e-2  # the head's few parameters and the output layer move far from their start
+    mix_fraction: float = 0.0  # latest share of the training events that chooses epochs and the kNN mix (0 = off)
+    mix_neighbours: int = 100  # co-occurring items kept per item for the mix (itself included); 93% of rows fit
+    max_val_events: int = 10_000  # validation events scored after each epoch when mixing
 
 
 @dataclass
@@ -92,12 +101,31 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
         titles = TextTable((texts.get(item) for item in vocabulary), encoder.encode, DIM)
         queries = TextTable((e.query for e in events), encoder.encode, DIM)
         options = {"text_dim": DIM} | (options or {})
-    model = build_model(cell, len(vocabulary), DEFAULT_OPTIONS | (options or {}))
+    model_options = DEFAULT_OPTIONS | (options or {})
+
+    def fresh() -> SequenceModel:
+        built = build_model(cell, len(vocabulary), model_options)
+        if queries is not None and isinstance(built, RecurrentModel) and built.text is not None:
+            built.text.set_item_text(titles.vectors[titles.index([None, *(texts.get(i) for i in vocabulary)])])
+        return built
+
+    model = fresh()
     model_config = model.config
-    if queries is not None and isinstance(model, RecurrentModel) and model.text is not None:
-        model.text.set_item_text(titles.vectors[titles.index([None, *(texts.get(i) for i in vocabulary)])])
     sequences = build_sequences(events, vocabulary, model_config.query_buckets, model_config.max_query_tokens,
                                 queries.rows if queries is not None else None)
+    window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
+    query_vectors = torch.from_numpy(queries.vectors) if queries is not None else None
+    epochs, mix = config.epochs, None
+    mix_record: dict[str, Any] = {}
+    if config.mix_fraction > 0:
+        if config.head_fraction > 0:
+            raise ValueError("mix_fraction and head_fraction are alternatives: set one of them")
+        since = temporal_cutoff([e for e in events if e.ts < cutoff], config.mix_fraction)
+        mix, mix_record = _choose_mix(model, cell, sequences, since, cutoff, len(vocabulary), window, config,
+                                      query_vectors, progress)
+        epochs = int(mix_record["mix"]["chosen_epochs"])
+        seed_everything(config.seed)  # the final model starts as a run without the mix would
+        model = fresh()
     head = model.repeat
     # Stacking: the sequence model fits the events before `fit_cutoff`; the session head (and the output layer,
     # which sets the scale of the inner product) is then fitted on the later training events, which the frozen
@@ -108,10 +136,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
     if head is not None and head.neighbours:  # the item-kNN similarity of the events the mix is fitted on
         head.set_neighbours(*neighbour_table(ItemKnn(sequences, fit_cutoff, len(vocabulary)).similarity,
                                              head.neighbours))
-    window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
-    query_vectors = torch.from_numpy(queries.vectors) if queries is not None else None
     arrays = [torch.from_numpy(a) for a in training_windows(sequences, fit_cutoff, window)]
-    losses = _fit(model, arrays, list(model.parameters()), config.epochs, config.lr, config, query_vectors,
+    losses = _fit(model, arrays, list(model.parameters()), epochs, config.lr, config, query_vectors,
                   progress, f"train {cell}")
     head_losses: list[float] = []
     if head is not None and fit_cutoff < cutoff:
@@ -123,6 +149,9 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
         if head.neighbours:  # serve and evaluate with the similarity of the whole training period
             head.set_neighbours(*neighbour_table(ItemKnn(sequences, cutoff, len(vocabulary)).similarity,
                                                  head.neighbours))
+    if mix is not None:  # the kNN votes of the whole training period, mixed as chosen on validation
+        model = with_mix(model, knn_table(ItemKnn(sequences, cutoff, len(vocabulary)).similarity,
+                                          config.mix_neighbours), mix)
     quality = evaluate_model(cell, model, sequences, cutoff, len(vocabulary), config.max_eval_events,
                              queries.vectors if queries is not None else None)
     model.eval()
@@ -132,17 +161,45 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
                   "test_events": int(sum(1 for e in events if e.ts >= cutoff))},
         "train": asdict(config) | {"epoch_losses": [round(x, 4) for x in losses],
                                    "head_losses": [round(x, 4) for x in head_losses], "fit_cutoff_ts": fit_cutoff,
-                                   "seconds": round(time.perf_counter() - started, 1)},
+                                   "seconds": round(time.perf_counter() - started, 1)} | mix_record,
         "eval": quality,
     }
     return TrainResult(model=model, item_ids=vocabulary, metrics=metrics)
 
 
+def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequence], since: float, cutoff: float,
+                n_items: int, window: int, config: TrainConfig, query_vectors: torch.Tensor | None,
+                progress: bool) -> tuple[Mix, dict[str, Any]]:
+    """Train ``model`` on the training events before ``since`` and, after each epoch, fit the kNN mix on the
+    validation events in [since, cutoff); the epoch count and mix with the best validation MRR@20 are chosen.
+    The test period is never looked at."""
+    table = knn_table(ItemKnn(sequences, since, n_items).similarity, config.mix_neighbours)
+    vectors = query_vectors.numpy() if query_vectors is not None else None
+    fits: list[Mix] = []
+    rows: list[dict[str, Any]] = []
+
+    def validate(epoch: int, loss: float) -> None:
+        fits.append(fit_mix(model, sequences, since, cutoff, table, config.max_val_events, vectors))
+        rows.append({"epoch": epoch, "loss": round(loss, 4), "repeat_scale": fits[-1].repeat_scale,
+                     "knn_weight": fits[-1].knn_weight, "validation": fits[-1].validation})
+        if progress:
+            tqdm.write(f"validation after epoch {epoch}: {rows[-1]}")
+
+    arrays = [torch.from_numpy(a) for a in training_windows(sequences, since, window)]
+    _fit(model, arrays, list(model.parameters()), config.epochs, config.lr, config, query_vectors, progress,
+         f"train {cell} before the validation slice", after_epoch=validate)
+    best = max(range(len(fits)), key=lambda i: fits[i].validation["mix"]["mrr@20"])
+    return fits[best], {"mix": {"fraction": config.mix_fraction, "since_ts": since,
+                                "neighbours": config.mix_neighbours, "epochs": rows, "chosen_epochs": best + 1,
+                                "repeat_scale": fits[best].repeat_scale, "knn_weight": fits[best].knn_weight}}
+
+
 def _fit(model: SequenceModel, arrays: list[torch.Tensor], params: list[torch.nn.Parameter], epochs: int,
          lr: float, config: TrainConfig, query_vectors: torch.Tensor | None, progress: bool, desc: str,
-         frozen: bool = False) -> list[float]:
+         frozen: bool = False, after_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """Adam over ``params`` on training windows; ``frozen`` keeps the model in eval mode (no dropout) while
-    only the given parameters move. Returns the mean loss per epoch."""
+    only the given parameters move; ``after_epoch(epoch, loss)`` runs after each epoch. Returns the mean loss
+    per epoch."""
     optimiser = torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if frozen:  # no gradients for the rest of the model
         for p in model.parameters():
@@ -154,7 +211,7 @@ def _fit(model: SequenceModel, arrays: list[torch.Tensor], params: list[torch.nn
     losses: list[float] = []
     bar = tqdm(total=epochs * ((n + config.batch_size - 1) // config.batch_size), disable=not progress,
                desc=desc, unit="batch", mininterval=1.0)
-    for _epoch in range(epochs):
+    for epoch in range(epochs):
         model.train(not frozen)
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -175,6 +232,8 @@ def _fit(model: SequenceModel, arrays: list[torch.Tensor], params: list[torch.nn
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / n)
+        if after_epoch is not None:
+            after_epoch(epoch + 1, losses[-1])
     bar.close()
     model.eval()
     for p in model.parameters():

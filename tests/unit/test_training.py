@@ -130,3 +130,47 @@ def test_served_repeat_scores_equal_offline_scores() -> None:
     assert set(served) == {"i7", "i5", "i9", "i2"}  # the last 4 item events (repeat_window)
     for item, score in served.items():
         assert abs(score - offline[int(item[1:])]) <= 1e-5
+
+
+def test_mix_adds_item_knn_votes_to_the_model_scores() -> None:
+    """A mixed model scores inner product + c * repeat bonus + w * item-kNN's session score, offline and online."""
+    import torch
+
+    from encoders.artifact import ModelArtifact
+    from encoders.baselines import ItemKnn
+    from encoders.evaluation import model_scorer
+    from encoders.gru import RecurrentConfig, RecurrentModel
+    from encoders.mix import Mix, knn_table, with_mix
+    from encoders.sequences import UserSequence
+    from encoders.serving import UserEncoder
+
+    def seq(items: list[int], start: float) -> UserSequence:
+        n = len(items)
+        return UserSequence(np.array(items), np.ones(n, np.int64), np.zeros((n, 8), np.int64),
+                            np.arange(n, dtype=np.float64) + start)
+
+    train = {f"u{n}": seq([1, 2, 3, 6], 0.0) for n in range(5)} | {"v": seq([4, 5, 1], 0.0)}
+    knn = ItemKnn(train, cutoff=50.0, n_items=6)
+    torch.manual_seed(4)
+    model = RecurrentModel(RecurrentConfig(n_items=6, dim=8, hidden=8, repeat_window=4)).eval()
+    assert model.repeat is not None
+    with torch.no_grad():
+        model.repeat.weight.normal_()
+    mixed = with_mix(model, knn_table(knn.similarity, 7), Mix(repeat_scale=0.5, knn_weight=3.0, validation={}))
+    history = seq([1, 4, 2, 1], 100.0)
+    q = model.history_queries(torch.from_numpy(history.items), torch.from_numpy(history.types),
+                              torch.from_numpy(history.tokens), [3]).detach().numpy()[0]
+    inner = model.item_weight().detach().numpy() @ q
+    repeat = model_scorer(model)(history, [3])[0] - inner
+    expected = inner + 0.5 * repeat + 3.0 * knn.scores(history, [3])[0]
+    got = model_scorer(mixed)(history, [3])[0]
+    assert np.abs(got[1:] - expected[1:]).max() <= 1e-5
+    ids = [f"i{n}" for n in range(1, 7)]
+    encoder = UserEncoder(ModelArtifact(mixed, ids, "v", "test", {}, Path(".")))
+    state = encoder.initial_state()
+    for row in history.items[:3]:
+        state = encoder.step(state, "click", ids[row - 1])
+    served = encoder.repeat_scores(encoder.query_vector(state), [("click", ids[r - 1]) for r in history.items[:3]])
+    assert set(served) == {"i1", "i2", "i3", "i4", "i5", "i6"}  # the recent items and their co-occurring items
+    for item, score in served.items():
+        assert abs(score - got[int(item[1:])]) <= 1e-5
