@@ -2,7 +2,8 @@
 
 Every click/purchase at or after the temporal cutoff is a prediction target: each scorer ranks all items
 given the user's history before that event (training-period events included). Items the model never saw
-count as misses. Metrics: Recall@10/@20 (hit rate, one target per event), NDCG@10, MRR@20, catalog
+count as misses. Ties are broken at random, in expectation: a target tied with others takes each of their
+positions with equal probability. Metrics: Recall@10/@20 (hit rate, one target per event), NDCG@10, MRR@20, catalog
 coverage@20 (share of items that appear in any top 20) and novelty (mean -log2 of the training-period
 popularity share of the recommended top 20). Baselines are scored on exactly the same events.
 """
@@ -79,7 +80,7 @@ def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cut
     """Metrics per scorer name on the same held-out events (users in sorted order, capped at max_events)."""
     share = popularity[1:] / max(popularity[1:].sum(), 1.0)
     self_info = np.concatenate([[0.0], -np.log2(np.maximum(share, 1e-12))])
-    ranks: dict[str, list[int]] = {name: [] for name in scorers}
+    ranks: dict[str, list[tuple[int, int]]] = {name: [] for name in scorers}
     seen: dict[str, set[int]] = {name: set() for name in scorers}
     novelty: dict[str, list[float]] = {name: [] for name in scorers}
     for _, seq, positions in held_out(sequences, cutoff, max_events):
@@ -92,24 +93,44 @@ def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cut
                 seen[name].update(int(i) for i in top[p])
                 novelty[name].append(float(self_info[top[p]].mean()))
                 if target == 0:
-                    ranks[name].append(n_items)  # an item first seen after the cutoff: a miss
+                    ranks[name].append((n_items, 1))  # an item first seen after the cutoff: a miss
                 else:
-                    ranks[name].append(int((scores[p] > scores[p, target]).sum()))
+                    score = scores[p, target]
+                    ranks[name].append((int((scores[p] > score).sum()), int((scores[p] == score).sum())))
     return {name: _metrics(ranks[name], len(seen[name]), n_items, novelty[name]) for name in scorers}
 
 
-def _metrics(ranks: list[int], covered: int, n_items: int, novelty: list[float]) -> dict[str, float]:
-    r = np.asarray(ranks, dtype=np.float64)
-    if r.size == 0:
+def _metrics(ranks: list[tuple[int, int]], covered: int, n_items: int, novelty: list[float]) -> dict[str, float]:
+    """Metrics from (items scored higher, items scored equal including the target) per target: the expected
+    value when ties are broken at random. Counting only higher items would credit a scorer whose target ties
+    with thousands of others at 0 (item-kNN gives most items no score) whenever fewer than k items score above
+    it; at random, such a target lands among the tied items, almost always below the top k."""
+    if not ranks:
         return {"events": 0}
+    pairs = np.asarray(ranks, dtype=np.float64)
+    higher, ties = pairs[:, 0], pairs[:, 1]
+
+    def expected(cumulative: np.ndarray) -> np.ndarray:
+        """Mean over the tied positions higher .. higher + ties - 1 of a per-position gain whose running sum
+        (from position 0) is ``cumulative`` (zero past its end)."""
+        k = cumulative.size - 1
+        lo = np.minimum(higher, k).astype(np.int64)
+        hi = np.minimum(higher + ties, k).astype(np.int64)
+        out: np.ndarray = (cumulative[hi] - cumulative[lo]) / ties
+        return out
+
+    positions = np.arange(20, dtype=np.float64)
+    hits = np.concatenate([[0.0], np.cumsum(np.ones(20))])  # recall: 1 per position in the top k
+    reciprocal = np.concatenate([[0.0], np.cumsum(1.0 / (positions + 1.0))])
+    discounted = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(positions[:10] + 2.0))])
     return {
-        "recall@10": float(np.mean(r < 10)),
-        "recall@20": float(np.mean(r < 20)),
-        "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0))),
-        "mrr@20": float(np.mean(np.where(r < 20, 1.0 / (r + 1.0), 0.0))),
+        "recall@10": float(np.mean(expected(hits[:11]))),
+        "recall@20": float(np.mean(expected(hits))),
+        "ndcg@10": float(np.mean(expected(discounted))),
+        "mrr@20": float(np.mean(expected(reciprocal))),
         "coverage@20": covered / max(n_items, 1),
         "novelty": float(np.mean(novelty)),
-        "events": int(r.size),
+        "events": int(pairs.shape[0]),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,16 @@ def test_mix_adds_item_knn_votes_to_the_model_scores() -> None:
     assert set(served) == {"i1", "i2", "i3", "i4", "i5", "i6"}  # the recent items and their co-occurring items
     for item, score in served.items():
         assert abs(score - got[int(item[1:])]) <= 1e-5
+
+
+def test_tied_targets_count_at_a_random_position_among_their_ties() -> None:
+    from encoders.evaluation import _metrics
+
+    alone = _metrics([(3, 1)], 0, 100, [0.0])  # rank 4, no ties: the plain definitions
+    assert alone["recall@10"] == 1.0 and abs(alone["mrr@20"] - 0.25) < 1e-12
+    assert abs(alone["ndcg@10"] - 1 / math.log2(5)) < 1e-12
+    tied = _metrics([(5, 95)], 0, 100, [0.0])  # 5 items above, tied with 94 others (a kNN zero score)
+    assert abs(tied["recall@20"] - 15 / 95) < 1e-12 and abs(tied["recall@10"] - 5 / 95) < 1e-12
+    assert abs(tied["mrr@20"] - sum(1 / (j + 1) for j in range(5, 20)) / 95) < 1e-12
+    missed = _metrics([(25, 1), (100, 1)], 0, 100, [0.0, 0.0])
+    assert missed["recall@20"] == missed["mrr@20"] == missed["ndcg@10"] == 0.0
