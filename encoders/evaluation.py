@@ -54,19 +54,21 @@ def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) 
     return scores
 
 
-def target_positions(seq: UserSequence, cutoff: float) -> list[int]:
-    """Held-out item events that have at least one event before them."""
-    first = max(int(np.searchsorted(seq.ts, cutoff, side="left")), 1)
-    return [t for t in range(first, len(seq.ts)) if seq.types[t] != SEARCH_TYPE]
+def target_positions(seq: UserSequence, since: float, until: float = math.inf) -> list[int]:
+    """Item events with ``since <= ts < until`` that have at least one event before them."""
+    first = max(int(np.searchsorted(seq.ts, since, side="left")), 1)
+    stop = int(np.searchsorted(seq.ts, until, side="left"))
+    return [t for t in range(first, stop) if seq.types[t] != SEARCH_TYPE]
 
 
-def held_out(sequences: dict[str, UserSequence], cutoff: float,
-             max_events: int) -> Iterator[tuple[str, UserSequence, list[int]]]:
-    """The evaluated targets, in evaluation order: users sorted, each user's held-out positions, until at
-    least ``max_events`` targets (a user's targets are never split)."""
+def held_out(sequences: dict[str, UserSequence], since: float, max_events: int,
+             until: float = math.inf) -> Iterator[tuple[str, UserSequence, list[int]]]:
+    """The evaluated targets, in evaluation order: users sorted, each user's positions in [since, until)
+    (the test period: from the cutoff on), until at least ``max_events`` targets (a user's targets are never
+    split)."""
     events = 0
     for user in sorted(sequences):
-        positions = target_positions(sequences[user], cutoff)
+        positions = target_positions(sequences[user], since, until)
         if not positions:
             continue
         yield user, sequences[user], positions
@@ -92,21 +94,24 @@ def evaluate(scorers: dict[str, Scorer], sequences: dict[str, UserSequence], cut
             for p, target in enumerate(targets):
                 seen[name].update(int(i) for i in top[p])
                 novelty[name].append(float(self_info[top[p]].mean()))
-                if target == 0:
-                    ranks[name].append((n_items, 1))  # an item first seen after the cutoff: a miss
-                else:
-                    score = scores[p, target]
-                    ranks[name].append((int((scores[p] > score).sum()), int((scores[p] == score).sum())))
+                ranks[name].append(rank_of(scores[p], int(target), n_items))
     return {name: _metrics(ranks[name], len(seen[name]), n_items, novelty[name]) for name in scorers}
 
 
-def _metrics(ranks: list[tuple[int, int]], covered: int, n_items: int, novelty: list[float]) -> dict[str, float]:
-    """Metrics from (items scored higher, items scored equal including the target) per target: the expected
-    value when ties are broken at random. Counting only higher items would credit a scorer whose target ties
-    with thousands of others at 0 (item-kNN gives most items no score) whenever fewer than k items score above
-    it; at random, such a target lands among the tied items, almost always below the top k."""
-    if not ranks:
-        return {"events": 0}
+def rank_of(scores: np.ndarray, target: int, n_items: int) -> tuple[int, int]:
+    """(items scored higher, items scored equal including the target) for one target row of ``scores``; row 0
+    (an item first seen after the cutoff) is a miss."""
+    if target == 0:
+        return n_items, 1
+    score = scores[target]
+    return int((scores > score).sum()), int((scores == score).sum())
+
+
+def ranking_metrics(ranks: list[tuple[int, int]]) -> dict[str, float]:
+    """Recall@10/@20, NDCG@10 and MRR@20 from :func:`rank_of` pairs: the expected value when ties are broken
+    at random. Counting only higher items would credit a scorer whose target ties with thousands of others at
+    0 (item-kNN gives most items no score) whenever fewer than k items score above it; at random, such a
+    target lands among the tied items, almost always below the top k."""
     pairs = np.asarray(ranks, dtype=np.float64)
     higher, ties = pairs[:, 0], pairs[:, 1]
 
@@ -128,10 +133,15 @@ def _metrics(ranks: list[tuple[int, int]], covered: int, n_items: int, novelty: 
         "recall@20": float(np.mean(expected(hits))),
         "ndcg@10": float(np.mean(expected(discounted))),
         "mrr@20": float(np.mean(expected(reciprocal))),
-        "coverage@20": covered / max(n_items, 1),
-        "novelty": float(np.mean(novelty)),
         "events": int(pairs.shape[0]),
     }
+
+
+def _metrics(ranks: list[tuple[int, int]], covered: int, n_items: int, novelty: list[float]) -> dict[str, float]:
+    """:func:`ranking_metrics` plus catalog coverage@20 and novelty."""
+    if not ranks:
+        return {"events": 0}
+    return ranking_metrics(ranks) | {"coverage@20": covered / max(n_items, 1), "novelty": float(np.mean(novelty))}
 
 
 def evaluate_model(name: str, model: SequenceModel, sequences: dict[str, UserSequence], cutoff: float,

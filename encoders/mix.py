@@ -14,7 +14,6 @@ so the worker serves it through the same ``NumpyRepeatHead.bonus`` that scores i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from scipy import sparse
 
 from encoders.baselines import ItemKnnConfig
+from encoders.evaluation import held_out, rank_of, ranking_metrics
 from encoders.events import SEARCH_TYPE
 from encoders.models import SequenceModel, model_from_config
 from encoders.repeat import NEIGHBOUR_HISTORY, NumpyRepeatHead, neighbour_table
@@ -50,22 +50,6 @@ def knn_table(similarity: sparse.csr_matrix, k: int,
     return np.hstack([rows, idx]), np.hstack([np.full_like(rows, repeat_boost, dtype=np.float32), sim])
 
 
-def validation_targets(sequences: dict[str, UserSequence], since: float, until: float,
-                       max_events: int) -> Iterator[tuple[UserSequence, list[int]]]:
-    """Item events with ``since <= ts < until`` and an event before them, users sorted, up to ``max_events``."""
-    events = 0
-    for user in sorted(sequences):
-        seq = sequences[user]
-        lo = max(int(np.searchsorted(seq.ts, since, side="left")), 1)
-        hi = int(np.searchsorted(seq.ts, until, side="left"))
-        positions = [t for t in range(lo, hi) if seq.types[t] != SEARCH_TYPE]
-        if positions:
-            yield seq, positions
-            events += len(positions)
-            if events >= max_events:
-                return
-
-
 def fit_mix(model: SequenceModel, sequences: dict[str, UserSequence], since: float, until: float,
             table: tuple[np.ndarray, np.ndarray], max_events: int,
             query_vectors: np.ndarray | None = None) -> Mix:
@@ -83,8 +67,9 @@ def fit_mix(model: SequenceModel, sequences: dict[str, UserSequence], since: flo
     model.eval()
     item_emb = model.item_weight().detach().numpy()  # (n_items + 1, dim)
     grid = [(c, w) for c in REPEAT_SCALES for w in KNN_WEIGHTS]
-    ranks: dict[tuple[float, float], list[np.ndarray]] = {key: [] for key in [*grid, (0.0, math.inf)]}
-    for seq, positions in validation_targets(sequences, since, until, max_events):
+    n_items = item_emb.shape[0]
+    ranks: dict[tuple[float, float], list[tuple[int, int]]] = {key: [] for key in [*grid, (0.0, math.inf)]}
+    for _, seq, positions in held_out(sequences, since, max_events, until):
         text = None
         if query_vectors is not None and seq.queries is not None:
             text = torch.from_numpy(query_vectors[seq.queries])
@@ -99,23 +84,16 @@ def fit_mix(model: SequenceModel, sequences: dict[str, UserSequence], since: flo
             for head, out in ((repeat, rep), (knn, vote)):
                 rows, bonus = head.bonus(q[p], seq.items[recent], seq.types[recent])
                 out[p, rows] += bonus
-        targets = seq.items[positions]
-        at = np.arange(len(positions))
+        targets = seq.items[positions].tolist()
         for key in ranks:  # (0, inf): the kNN votes alone
             score = vote.copy() if math.isinf(key[1]) else inner + key[0] * rep + key[1] * vote
             score[:, 0] = -np.inf
-            r = (score > score[at, targets][:, None]).sum(axis=1)
-            ranks[key].append(np.where(targets == 0, item_emb.shape[0], r))
-    measured = {key: _measure(np.concatenate(r)) for key, r in ranks.items()}
+            ranks[key] += [rank_of(score[p], target, n_items) for p, target in enumerate(targets)]
+    measured = {key: ranking_metrics(r) for key, r in ranks.items()}  # ties at random, as the evaluation
     best = max(grid, key=lambda key: (measured[key]["mrr@20"], measured[key]["recall@20"]))
     return Mix(repeat_scale=best[0], knn_weight=best[1],
                validation={"mix": measured[best], "model": measured[(1.0, 0.0)],
                                                                    "item_knn": measured[(0.0, math.inf)]})
-
-
-def _measure(ranks: np.ndarray) -> dict[str, float]:
-    return {"recall@20": float(np.mean(ranks < 20)),
-            "mrr@20": float(np.mean(np.where(ranks < 20, 1.0 / (ranks + 1.0), 0.0))), "events": int(ranks.size)}
 
 
 def with_mix(model: SequenceModel, table: tuple[np.ndarray, np.ndarray], mix: Mix) -> SequenceModel:

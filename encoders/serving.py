@@ -29,7 +29,6 @@ class UserEncoder:
         self.item_ids = artifact.item_ids
         self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
         self._ids_by_row = np.array(["", *artifact.item_ids], dtype=object)  # row -> id, for vectorised lookups
-        self._type_ids = {kind: TYPE_IDS[kind] for kind in TYPE_IDS}
         config = artifact.model.config
         self.dim = config.dim
         self.state_size = config.state_size
@@ -98,7 +97,7 @@ class UserEncoder:
         repeat head's bonus, exactly as the offline evaluation scores them; empty without a repeat head."""
         if self._repeat is None or not recent:
             return {}
-        get, type_id = self._rows.get, self._type_ids.__getitem__
+        get, type_id = self._rows.get, TYPE_IDS.__getitem__
         rows = [get(item, 0) for _, item in recent]
         rows_u, bonus = self._repeat.bonus(query, rows, [type_id(kind) for kind, _ in recent])
         scores = self._step.item_emb[rows_u] @ query + bonus
