@@ -19,6 +19,7 @@ import torch
 from encoders.baselines import ItemKnn, Popularity
 from encoders.events import SEARCH_TYPE
 from encoders.models import SequenceModel
+from encoders.ranker import NumpyRanker, session_scores
 from encoders.repeat import NumpyRepeatHead
 from encoders.sequences import UserSequence
 
@@ -27,10 +28,12 @@ Scorer = Callable[[UserSequence, list[int]], np.ndarray]
 
 
 def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) -> Scorer:
-    """A scorer reading the model's query after the events before each target;
-    the repeat head (if any) adds its bonus through the numpy code that serving uses. ``query_vectors`` are
-    the MiniLM vectors of the sequences' query rows, for a model with a text tower."""
+    """A scorer reading the model's query after the events before each target; the session head (if any) and
+    the re-ranker (if any) score through the numpy code that serving uses (encoders/ranker.py
+    ``session_scores``). ``query_vectors`` are the MiniLM vectors of the sequences' query rows, for a model
+    with a text tower."""
     head = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
+    ranker = NumpyRanker(model.ranker, model.config.ranker_candidates) if model.ranker is not None else None
     model.eval()
     item_emb = model.item_weight().detach().numpy()  # (n_items + 1, dim)
 
@@ -42,13 +45,15 @@ def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) 
             text = torch.from_numpy(query_vectors[seq.queries])  # (T, text_dim)
         q = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
                                   torch.from_numpy(seq.tokens), positions, text).numpy()  # (P, dim)
-        out: np.ndarray = q @ item_emb.T  # (P, n_items + 1)
-        if head is not None:
-            item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))
-            for p, t in enumerate(positions):
-                recent = item_events[item_events < t]  # the head keeps the last ones it uses
-                rows, bonus = head.bonus(q[p], seq.items[recent], seq.types[recent])
-                out[p, rows] += bonus
+        if head is None:
+            out: np.ndarray = q @ item_emb.T  # (P, n_items + 1)
+            return out
+        out = np.zeros((len(positions), item_emb.shape[0]))
+        item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))
+        for p, t in enumerate(positions):
+            recent = item_events[item_events < t]  # the head keeps the last ones it uses
+            rows, final = session_scores(head, ranker, q[p], item_emb, seq.items[recent], seq.types[recent])
+            out[p, rows] = final
         return out
 
     return scores

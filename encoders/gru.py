@@ -19,6 +19,7 @@ from torch.nn import functional
 
 from encoders.events import TYPE_IDS
 from encoders.item_tower import TextProjection
+from encoders.ranker import Ranker
 from encoders.repeat import RepeatHead, next_item_loss
 
 
@@ -37,6 +38,9 @@ class RecurrentConfig:
     neighbours: int = 0  # co-occurring items per recent item the session head scores (0 = none)
     text_dim: int = 0  # MiniLM vector size of the item tower's text half (0 = id embeddings only)
     id_dropout: float = 0.1  # share of item ids hidden per training batch when text_dim > 0 (cold start)
+    ranker_hidden: int = 0  # the learned re-ranker's hidden units (0 = none; encoders/ranker.py)
+    ranker_rules: int = 0  # sequential rules kept per item for the re-ranker
+    ranker_candidates: int = 0  # best items by the first-stage score that the re-ranker re-orders
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -65,6 +69,8 @@ class RecurrentModel(nn.Module):
         self.out = nn.Linear(config.hidden, config.dim)
         self.repeat = RepeatHead(config.dim, config.repeat_window, config.n_items, config.neighbours) \
             if config.repeat_window or config.neighbours else None
+        self.ranker = Ranker(config.n_items, config.ranker_hidden, config.ranker_rules) \
+            if config.ranker_hidden else None
         self.text = TextProjection(config.n_items, config.text_dim, config.dim, config.id_dropout) \
             if config.text_dim else None
         nn.init.normal_(self.item_emb.weight, std=0.05)

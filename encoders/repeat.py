@@ -104,25 +104,34 @@ class NumpyRepeatHead:
               types: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Item rows with a bonus and the bonus, given the user's item events (oldest first): the distinct items
         among the last ``window`` and, with neighbours, the co-occurring items of the last few."""
+        unique, repeat, knn = self.bonus_parts(query, rows, types)
+        return unique, repeat + knn
+
+    def bonus_parts(self, query: np.ndarray, rows: Sequence[int] | np.ndarray,
+                    types: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`bonus` split in its repeat part and its neighbour part: (rows, repeat, neighbours)."""
         span = max(self.window, NEIGHBOUR_HISTORY if self.neighbours else 0)
         rows_a = np.asarray(rows, dtype=np.int64)[-span:]
         types_a = np.asarray(types, dtype=np.int64)[-span:]
         if rows_a.size == 0:
-            return rows_a, np.zeros(0)
+            return rows_a, np.zeros(0), np.zeros(0)
         q = query.astype(np.float64)
         rank = np.arange(rows_a.size - 1, -1, -1)
         near = rank < self.window
         targets = [rows_a[near]]
         values = [self.weight[types_a[near], rank[near]] * _softplus(float(q @ self.gate_w) + self.gate_b)]
+        n_repeat = targets[0].size
         if self.neighbours:
             near = rank < NEIGHBOUR_HISTORY
             gate = _softplus(float(q @ self.nbr_gate_w) + self.nbr_gate_b)
             targets.append(self.nbr_idx[rows_a[near]].ravel())
             values.append((self.nbr_sim[rows_a[near]] * (self.nbr_weight[rank[near]] * gate)[:, None]).ravel())
         unique, inverse = np.unique(np.concatenate(targets), return_inverse=True)
-        total = np.bincount(inverse, weights=np.concatenate(values), minlength=unique.size)
+        all_values = np.concatenate(values)
+        repeat = np.bincount(inverse[:n_repeat], weights=all_values[:n_repeat], minlength=unique.size)
+        knn = np.bincount(inverse[n_repeat:], weights=all_values[n_repeat:], minlength=unique.size)
         keep = unique != 0  # unknown items and empty neighbour slots have no row to score
-        return unique[keep], total[keep]
+        return unique[keep], repeat[keep], knn[keep]
 
 
 def _softplus(z: float) -> float:

@@ -104,6 +104,10 @@ def _markdown(dataset: str, table: dict[str, dict[str, float]], sources: dict[st
         if mix:  # the epoch count was chosen on the validation slice
             epochs = (f"{mix['chosen_epochs']} epochs (of {train.get('epochs')} validated; item-kNN mix "
                       f"c={mix['repeat_scale']}, w={mix['knn_weight']})")
+        ranker = train.get("ranker")
+        if ranker:
+            epochs += (f", learned re-ranker over the best {ranker['candidates']} (fitted on {ranker['examples']} "
+                       f"validation targets)")
         lines.append(f"- `{art.version}`: {epochs}, {train.get('seconds')} s to train and "
                      f"evaluate, searches {'kept' if train.get('searches', True) else 'dropped'}")
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ import numpy as np
 from encoders.artifact import ModelArtifact
 from encoders.events import TYPE_IDS, query_tokens
 from encoders.gru import NumpyRecurrentStep
+from encoders.ranker import NumpyRanker, session_scores
 from encoders.repeat import NumpyRepeatHead
 from encoders.text import TextEncoder
 from encoders.transformer import NumpySasrecStep, SasrecModel
@@ -24,6 +25,8 @@ class UserEncoder:
         model = artifact.model.eval()
         self._step = NumpySasrecStep(model) if isinstance(model, SasrecModel) else NumpyRecurrentStep(model)
         self._repeat = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
+        self._ranker = NumpyRanker(model.ranker, model.config.ranker_candidates) \
+            if model.ranker is not None and self._repeat is not None else None
         self.version = artifact.version
         self.model_type = model.config.cell  # "gru", "lstm" or "sasrec"
         self.item_ids = artifact.item_ids
@@ -92,16 +95,41 @@ class UserEncoder:
         out: np.ndarray = (self._text.encode_one(text) @ self._text_proj).astype(np.float32)
         return out
 
-    def repeat_scores(self, query: np.ndarray, recent: list[tuple[str, str]]) -> dict[str, float]:
-        """Scores (replacing the index's inner product) of the user's recent items: inner product plus the
-        repeat head's bonus, exactly as the offline evaluation scores them; empty without a repeat head."""
-        if self._repeat is None or not recent:
-            return {}
+    @property
+    def search_depth(self) -> int:
+        """Items the index should return at least, for the re-ranker to choose from (0 without one)."""
+        return self._ranker.candidates if self._ranker is not None else 0
+
+    def rescore(self, query: np.ndarray, recent: list[tuple[str, str]], candidates: list[tuple[str, float]],
+                limit: int | None = None) -> list[tuple[str, float]]:
+        """The index's candidates (item, inner product) with the user's recent items and their neighbours
+        added and every score replaced by the model's final one (inner product, session head bonus, re-ranker),
+        exactly as the offline evaluation scores them (encoders/ranker.py ``session_scores``). Unchanged for a
+        model without a session head. Items the model has no row for (new catalog items known by their text)
+        keep their inner product, below the re-ordered candidates when there is a re-ranker. With ``limit``
+        only that many of the model's best items come back (the caller needs no more)."""
+        if self._repeat is None:
+            return candidates
         get, type_id = self._rows.get, TYPE_IDS.__getitem__
-        rows = [get(item, 0) for _, item in recent]
-        rows_u, bonus = self._repeat.bonus(query, rows, [type_id(kind) for kind, _ in recent])
-        scores = self._step.item_emb[rows_u] @ query + bonus
-        return dict(zip(self._ids_by_row[rows_u].tolist(), scores.tolist(), strict=True))
+        known: list[int] = []
+        unknown: list[tuple[str, float]] = []
+        for item, score in candidates:
+            row = get(item, 0)
+            if row:
+                known.append(row)
+            else:
+                unknown.append((item, score))
+        recent_rows = [get(item, 0) for _, item in recent]
+        recent_types = [type_id(kind) for kind, _ in recent]
+        rows, scores = session_scores(self._repeat, self._ranker, query, self._step.item_emb, recent_rows,
+                                      recent_types, np.array(known, dtype=np.int64))
+        if limit is not None and rows.size > limit:  # turning ~1,000 rows into tuples costs more than the math
+            best = np.argpartition(-scores, limit)[:limit]
+            rows, scores = rows[best], scores[best]
+        if unknown and self._ranker is not None and scores.size:
+            floor = float(scores.min()) - 1.0
+            unknown = [(item, floor - n) for n, (item, _) in enumerate(unknown)]
+        return list(zip(self._ids_by_row[rows].tolist(), scores.tolist(), strict=True)) + unknown
 
     def item_vectors(self) -> np.ndarray:
         """(n_items, dim) item embeddings in ``item_ids`` order."""

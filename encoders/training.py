@@ -32,6 +32,8 @@ from encoders.gru import RecurrentModel
 from encoders.item_tower import TextTable
 from encoders.mix import Mix, fit_mix, knn_table, with_mix
 from encoders.models import SequenceModel, build_model
+from encoders.ranker import Ranker, RankerConfig, fit_ranker, ranker_tables
+from encoders.ranker_fit import ranker_examples, with_ranker
 from encoders.repeat import neighbour_table
 from encoders.sequences import UserSequence, build_sequences, build_vocabulary, temporal_cutoff, training_windows
 from encoders.transformer import SasrecConfig
@@ -42,6 +44,7 @@ from stream.datasets import DatasetEvent
 # on yoochoose both measured worse (README). Model dataclass defaults stay off so artifacts written before
 # the head load unchanged.
 DEFAULT_OPTIONS: dict[str, Any] = {"repeat_window": 50}
+RANKER = RankerConfig()  # the re-ranker's shape and fit, when TrainConfig.ranker is set
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TrainConfig:
     mix_fraction: float = 0.0  # latest share of the training events that chooses epochs and the kNN mix (0 = off)
     mix_neighbours: int = 100  # co-occurring items kept per item for the mix (itself included); 93% of rows fit
     max_val_events: int = 10_000  # validation events scored after each epoch when mixing
+    ranker: bool = False  # fit the learned re-ranker on the validation slice (needs mix_fraction; encoders/ranker.py)
 
 
 @dataclass
@@ -115,14 +119,16 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
                                 queries.rows if queries is not None else None)
     window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
     query_vectors = torch.from_numpy(queries.vectors) if queries is not None else None
-    epochs, mix = config.epochs, None
+    epochs, mix, fitted = config.epochs, None, None
     mix_record: dict[str, Any] = {}
+    if config.mix_fraction > 0 and config.head_fraction > 0:
+        raise ValueError("mix_fraction and head_fraction are alternatives: set one of them")
+    if config.ranker and config.mix_fraction <= 0:
+        raise ValueError("the ranker is fitted on the mix's validation slice: set mix_fraction too")
     if config.mix_fraction > 0:
-        if config.head_fraction > 0:
-            raise ValueError("mix_fraction and head_fraction are alternatives: set one of them")
         since = temporal_cutoff([e for e in events if e.ts < cutoff], config.mix_fraction)
-        mix, mix_record = _choose_mix(model, cell, sequences, since, cutoff, len(vocabulary), window, config,
-                                      query_vectors, progress)
+        mix, mix_record, fitted = _choose_mix(model, cell, sequences, since, cutoff, len(vocabulary), window,
+                                              config, query_vectors, progress)
         epochs = int(mix_record["mix"]["chosen_epochs"])
         seed_everything(config.seed)  # the final model starts as a run without the mix would
         model = fresh()
@@ -152,6 +158,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
     if mix is not None:  # the kNN votes of the whole training period, mixed as chosen on validation
         model = with_mix(model, knn_table(ItemKnn(sequences, cutoff, len(vocabulary)).similarity,
                                           config.mix_neighbours), mix)
+    if fitted is not None:  # the re-ranker fitted on validation, with the tables of the whole training period
+        model = with_ranker(model, RANKER, ranker_tables(sequences, cutoff, len(vocabulary), RANKER.rules), fitted)
     quality = evaluate_model(cell, model, sequences, cutoff, len(vocabulary), config.max_eval_events,
                              queries.vectors if queries is not None else None)
     model.eval()
@@ -169,19 +177,23 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
 
 def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequence], since: float, cutoff: float,
                 n_items: int, window: int, config: TrainConfig, query_vectors: torch.Tensor | None,
-                progress: bool) -> tuple[Mix, dict[str, Any]]:
+                progress: bool) -> tuple[Mix, dict[str, Any], Ranker | None]:
     """Train ``model`` on the training events before ``since`` and, after each epoch, fit the kNN mix on the
     validation events in [since, cutoff); the epoch count and mix with the best validation MRR@20 are chosen.
-    The test period is never looked at."""
+    With ``config.ranker`` the re-ranker is then fitted on the same events, over the chosen epoch's mixed
+    model. The test period is never looked at."""
     table = knn_table(ItemKnn(sequences, since, n_items).similarity, config.mix_neighbours)
     vectors = query_vectors.numpy() if query_vectors is not None else None
     fits: list[Mix] = []
     rows: list[dict[str, Any]] = []
+    weights: list[dict[str, torch.Tensor]] = []
 
     def validate(epoch: int, loss: float) -> None:
         fits.append(fit_mix(model, sequences, since, cutoff, table, config.max_val_events, vectors))
         rows.append({"epoch": epoch, "loss": round(loss, 4), "repeat_scale": fits[-1].repeat_scale,
                      "knn_weight": fits[-1].knn_weight, "validation": fits[-1].validation})
+        if config.ranker:
+            weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         if progress:
             tqdm.write(f"validation after epoch {epoch}: {rows[-1]}")
 
@@ -189,9 +201,23 @@ def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequen
     _fit(model, arrays, list(model.parameters()), config.epochs, config.lr, config, query_vectors, progress,
          f"train {cell} before the validation slice", after_epoch=validate)
     best = max(range(len(fits)), key=lambda i: fits[i].validation["mix"]["mrr@20"])
-    return fits[best], {"mix": {"fraction": config.mix_fraction, "since_ts": since,
-                                "neighbours": config.mix_neighbours, "epochs": rows, "chosen_epochs": best + 1,
-                                "repeat_scale": fits[best].repeat_scale, "knn_weight": fits[best].knn_weight}}
+    record: dict[str, Any] = {"mix": {"fraction": config.mix_fraction, "since_ts": since,
+                                      "neighbours": config.mix_neighbours, "epochs": rows, "chosen_epochs": best + 1,
+                                      "repeat_scale": fits[best].repeat_scale, "knn_weight": fits[best].knn_weight}}
+    if not config.ranker:
+        return fits[best], record, None
+    model.load_state_dict(weights[best])
+    ranked = with_ranker(with_mix(model, table, fits[best]), RANKER,
+                         ranker_tables(sequences, since, n_items, RANKER.rules))
+    examples = ranker_examples(ranked, sequences, since, cutoff, RANKER.max_events, vectors)
+    assert ranked.ranker is not None
+    losses = fit_ranker(ranked.ranker, examples, RANKER, config.seed)
+    hits = sum(1 for _, y in examples if y >= 0)
+    record["ranker"] = RANKER.to_dict() | {"examples": len(examples), "target_among_candidates": hits,
+                                           "losses": [round(x, 4) for x in losses]}
+    if progress:
+        tqdm.write(f"ranker: {record['ranker']}")
+    return fits[best], record, ranked.ranker
 
 
 def _fit(model: SequenceModel, arrays: list[torch.Tensor], params: list[torch.nn.Parameter], epochs: int,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from encoders.events import TYPE_IDS
+from encoders.ranker import Ranker
 from encoders.repeat import RepeatHead, next_item_loss
 
 
@@ -42,6 +43,9 @@ class SasrecConfig:
     max_query_tokens: int = 8  # tokens of a query that are used
     repeat_window: int = 50  # recent item events the repeat head scores (0 = no head)
     neighbours: int = 0  # co-occurring items per recent item the session head scores (0 = none)
+    ranker_hidden: int = 0  # the learned re-ranker's hidden units (0 = none; encoders/ranker.py)
+    ranker_rules: int = 0  # sequential rules kept per item for the re-ranker
+    ranker_candidates: int = 0  # best items by the first-stage score that the re-ranker re-orders
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -100,6 +104,8 @@ class SasrecModel(nn.Module):
         self.ln_f = nn.LayerNorm(config.dim)
         self.repeat = RepeatHead(config.dim, config.repeat_window, config.n_items, config.neighbours) \
             if config.repeat_window or config.neighbours else None
+        self.ranker = Ranker(config.n_items, config.ranker_hidden, config.ranker_rules) \
+            if config.ranker_hidden else None
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="latest share of training events held back to fit the session head (stacking; 0 = off)")
     t.add_argument("--mix-fraction", type=float, default=0.0,
                    help="latest share of training events that chooses epochs and the item-kNN mix (0 = off)")
+    t.add_argument("--ranker", action="store_true",
+                   help="fit the learned re-ranker of the mix's best candidates on its validation slice "
+                        "(needs --mix-fraction)")
     t.add_argument("--no-searches", dest="searches", action="store_false",
                    help="drop search events (the with/without-searches comparison)")
     t.add_argument("--no-item-text", dest="item_text", action="store_false",
@@ -176,7 +179,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, searches=args.searches,
-                         head_fraction=args.head_fraction, mix_fraction=args.mix_fraction)
+                         head_fraction=args.head_fraction, mix_fraction=args.mix_fraction, ranker=args.ranker)
     if args.lr is not None:
         config = dataclasses.replace(config, lr=args.lr)
     events = load_events(args.dataset, settings.data_dir)

@@ -8,6 +8,11 @@ targets. A target is a hit at rank r when its item is at rank r of the list the 
 user's previous event. Lists have 20 items (``top_k`` 20) and come from the serving path as deployed: HNSW,
 repeat scores, the purchased-items filter; trending blending and diversity are off, as offline.
 
+Each event type has its own topic, and the worker consumes topics independently. The replay packs minutes of
+a session into milliseconds, so a user's purchase sent right after a click could be applied before it (and
+its list would then exclude the bought item, and a session-aware model would see the wrong order): a user's
+event on another topic than the user's previous event is sent only after the worker answered that event.
+
 Each run uses its own app id and topics (a fresh consumer group and empty state) on the configured Kafka,
 started locally when it is the local default and not running.
 """
@@ -15,6 +20,7 @@ started locally when it is the local default and not running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -106,19 +112,34 @@ async def _replay_and_collect(settings: Settings, the_plan: Plan, rate: float) -
     await reader.start()
     wanted = {previous for previous, *_ in the_plan.targets}
     lists: dict[str, Recommendation] = {}
+    answered: set[str] = set()  # every event the worker has answered (a list per event)
+    waiting: dict[str, asyncio.Future[None]] = {}
+    sent_all = False
 
     async def collect() -> None:
         async for rec, _ in reader.records(timeout_s=30.0):
+            answered.add(rec.event_id)
+            waiter = waiting.pop(rec.event_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             if rec.event_id in wanted:
                 lists[rec.event_id] = rec
-                if len(lists) == len(wanted):
-                    return
+            if sent_all and len(lists) == len(wanted):
+                return
+
+    async def answered_to(event_id: str) -> None:
+        """Until the worker has answered this event (at most 30 s: a lost list must not stall the replay)."""
+        if event_id in answered:
+            return
+        waiter = waiting.setdefault(event_id, asyncio.get_running_loop().create_future())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=30.0)
 
     collector = asyncio.create_task(collect())
     producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=2)
     await producer.start()
     started = time.perf_counter()
-    last: dict[str, tuple[str, asyncio.Future[Any]]] = {}  # user -> (topic, delivery) of the previous event
+    last: dict[str, tuple[str, str]] = {}  # user -> (topic, event id) of the user's previous event
     try:
         for n, (event_id, e) in enumerate(the_plan.events):
             if rate > 0:
@@ -126,14 +147,25 @@ async def _replay_and_collect(settings: Settings, the_plan: Plan, rate: float) -
             topic = settings.input_topics[e.type]
             previous = last.get(e.user_id)
             if previous is not None and previous[0] != topic:
-                await previous[1]  # a user's event on another topic must not overtake the one before it
+                # Topics are consumed independently, so a user's purchase sent right after a click could be
+                # applied first (a replay packs minutes of a session into milliseconds): wait until the worker
+                # has answered the user's previous event, as the user would have seen that list first.
+                await producer.flush()
+                await answered_to(previous[1])
             wire = Event(e.type, e.user_id, time.time(), event_id, item_id=e.item_id, query=e.query,
                          quantity=e.quantity, price=e.price)
-            last[e.user_id] = (topic, await producer.send(topic, wire.to_json(), key=e.user_id.encode()))
+            await producer.send(topic, wire.to_json(), key=e.user_id.encode())
+            last[e.user_id] = (topic, event_id)
         await producer.flush()
     finally:
         await producer.stop()
-    await collector
+    sent_all = True
+    if len(lists) == len(wanted):
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+    else:
+        await collector
     await reader.stop()
     return lists
 

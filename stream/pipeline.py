@@ -178,14 +178,16 @@ class Recommender:
         # 4. Query vector.
         query = encoder.query_vector(state.vector)
         t4 = time.perf_counter()
-        # 5. Search, never returning what this user must not get; the model may rescore some items
-        #    (repeats of recent ones) that the inner-product search alone would rank lower or miss.
+        # 5. Search, never returning what this user must not get; the model then gives every candidate its
+        #    final score: recent items and their co-occurring ones join (the inner-product search alone would
+        #    rank them lower or miss them), and a model with a re-ranker re-orders the best of them.
         excluded = rules.filters.excluded_for(state)
         pool = rules.top_k * DIVERSITY_POOL if rules.diversity > 0 else rules.top_k
-        candidates = served.index.search(query, pool, exclude=excluded)
-        extra = encoder.repeat_scores(query, state.recent)
-        if extra:
-            candidates = [(item, extra.pop(item, score)) for item, score in candidates] + list(extra.items())
+        depth = max(pool, encoder.search_depth)
+        candidates = served.index.search(query, depth, exclude=excluded)
+        # (enough for the list after the filters drop excluded items and items gone from the index)
+        candidates = encoder.rescore(query, state.recent, candidates,
+                                     limit=depth + len(excluded) + rules.history_size)
         t5 = time.perf_counter()
         # 6. Filter and re-rank; a cold-start user's list is blended with trending items (not a search's:
         #    a first search is answered from the query alone).

@@ -99,7 +99,7 @@ def test_evaluate_reproduces_training_metrics(artifact_dir: Path, data_dir: Path
 
 
 def test_served_repeat_scores_equal_offline_scores() -> None:
-    """UserEncoder.repeat_scores gives the recent items exactly the scores the offline evaluation gives."""
+    """UserEncoder.rescore gives the recent items exactly the scores the offline evaluation gives."""
     import torch
 
     from encoders.artifact import ModelArtifact
@@ -127,7 +127,7 @@ def test_served_repeat_scores_equal_offline_scores() -> None:
         state = encoder.step(state, kind, item)
         if item is not None:
             recent.append((kind, item))
-    served = encoder.repeat_scores(encoder.query_vector(state), recent)
+    served = dict(encoder.rescore(encoder.query_vector(state), recent, []))
     assert set(served) == {"i7", "i5", "i9", "i2"}  # the last 4 item events (repeat_window)
     for item, score in served.items():
         assert abs(score - offline[int(item[1:])]) <= 1e-5
@@ -171,7 +171,8 @@ def test_mix_adds_item_knn_votes_to_the_model_scores() -> None:
     state = encoder.initial_state()
     for row in history.items[:3]:
         state = encoder.step(state, "click", ids[row - 1])
-    served = encoder.repeat_scores(encoder.query_vector(state), [("click", ids[r - 1]) for r in history.items[:3]])
+    served = dict(encoder.rescore(encoder.query_vector(state), [("click", ids[r - 1]) for r in history.items[:3]],
+                                  []))
     assert set(served) == {"i1", "i2", "i3", "i4", "i5", "i6"}  # the recent items and their co-occurring items
     for item, score in served.items():
         assert abs(score - got[int(item[1:])]) <= 1e-5
