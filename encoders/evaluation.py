@@ -37,14 +37,8 @@ def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) 
     model.eval()
     item_emb = model.item_weight().detach().numpy()  # (n_items + 1, dim)
 
-    @torch.inference_mode()
     def scores(seq: UserSequence, positions: list[int]) -> np.ndarray:
-        model.eval()
-        text = None
-        if query_vectors is not None and seq.queries is not None:
-            text = torch.from_numpy(query_vectors[seq.queries])  # (T, text_dim)
-        q = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
-                                  torch.from_numpy(seq.tokens), positions, text).numpy()  # (P, dim)
+        q = sequence_queries(model, seq, positions, query_vectors)  # (P, dim)
         if head is None:
             out: np.ndarray = q @ item_emb.T  # (P, n_items + 1)
             return out
@@ -57,6 +51,20 @@ def model_scorer(model: SequenceModel, query_vectors: np.ndarray | None = None) 
         return out
 
     return scores
+
+
+@torch.inference_mode()
+def sequence_queries(model: SequenceModel, seq: UserSequence, positions: list[int],
+                     query_vectors: np.ndarray | None = None) -> np.ndarray:
+    """The model's query vector (P, dim) after the events before each position of one sequence (eval mode);
+    ``query_vectors`` are the MiniLM vectors of the sequences' query rows, for a model with a text tower."""
+    model.eval()
+    text = None
+    if query_vectors is not None and seq.queries is not None:
+        text = torch.from_numpy(query_vectors[seq.queries])  # (T, text_dim)
+    out: np.ndarray = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
+                                            torch.from_numpy(seq.tokens), positions, text).numpy()
+    return out
 
 
 def target_positions(seq: UserSequence, since: float, until: float = math.inf) -> list[int]:

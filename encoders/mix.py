@@ -21,7 +21,7 @@ import torch
 from scipy import sparse
 
 from encoders.baselines import ItemKnnConfig
-from encoders.evaluation import held_out, rank_of, ranking_metrics
+from encoders.evaluation import held_out, rank_of, ranking_metrics, sequence_queries
 from encoders.events import SEARCH_TYPE
 from encoders.models import SequenceModel, model_from_config
 from encoders.repeat import NEIGHBOUR_HISTORY, NumpyRepeatHead, neighbour_table
@@ -70,12 +70,7 @@ def fit_mix(model: SequenceModel, sequences: dict[str, UserSequence], since: flo
     n_items = item_emb.shape[0]
     ranks: dict[tuple[float, float], list[tuple[int, int]]] = {key: [] for key in [*grid, (0.0, math.inf)]}
     for _, seq, positions in held_out(sequences, since, max_events, until):
-        text = None
-        if query_vectors is not None and seq.queries is not None:
-            text = torch.from_numpy(query_vectors[seq.queries])
-        with torch.inference_mode():
-            q = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
-                                      torch.from_numpy(seq.tokens), positions, text).numpy()  # (P, dim)
+        q = sequence_queries(model, seq, positions, query_vectors)  # (P, dim)
         inner = q @ item_emb.T  # (P, n_items + 1)
         rep, vote = np.zeros_like(inner), np.zeros_like(inner)
         item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from encoders.evaluation import held_out
+from encoders.evaluation import held_out, sequence_queries
 from encoders.events import SEARCH_TYPE
 from encoders.models import SequenceModel, model_from_config
 from encoders.ranker import NumpyRanker, Ranker, RankerConfig, RankerTables, ranker_example
@@ -45,14 +44,8 @@ def ranker_examples(model: SequenceModel, sequences: dict[str, UserSequence], si
     ranker = NumpyRanker(model.ranker, model.config.ranker_candidates)
     item_emb = model.item_weight().detach().numpy()
     examples: list[tuple[np.ndarray, int]] = []
-    model.eval()
     for _, seq, positions in held_out(sequences, since, max_events, until):
-        text = None
-        if query_vectors is not None and seq.queries is not None:
-            text = torch.from_numpy(query_vectors[seq.queries])
-        with torch.inference_mode():
-            q = model.history_queries(torch.from_numpy(seq.items), torch.from_numpy(seq.types),
-                                      torch.from_numpy(seq.tokens), positions, text).numpy()
+        q = sequence_queries(model, seq, positions, query_vectors)
         item_events = np.flatnonzero((seq.types != 0) & (seq.types != SEARCH_TYPE))
         for p, t in enumerate(positions):
             recent = item_events[item_events < t]
