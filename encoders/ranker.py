@@ -244,6 +244,19 @@ def first_stage(head: NumpyRepeatHead, query: np.ndarray, item_emb: np.ndarray,
     return rows, inner.astype(np.float64), repeat, knn
 
 
+def _candidates(head: NumpyRepeatHead, ranker: NumpyRanker, query: np.ndarray, item_emb: np.ndarray,
+                recent_rows: Sequence[int] | np.ndarray, recent_types: Sequence[int] | np.ndarray,
+                candidates: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, first-stage scores, positions of the ranker's candidates in ``rows`` best first, their
+    features): what both :func:`session_scores` and :func:`ranker_example` start from."""
+    rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types, candidates)
+    mix = inner + repeat + knn
+    top = _best(mix, ranker.candidates)
+    features = ranker.features(rows[top], inner[top], repeat[top], knn[top], head.nbr_idx, head.nbr_sim,
+                               recent_rows, recent_types)
+    return rows, mix, top, features
+
+
 def session_scores(head: NumpyRepeatHead, ranker: NumpyRanker | None, query: np.ndarray, item_emb: np.ndarray,
                    recent_rows: Sequence[int] | np.ndarray, recent_types: Sequence[int] | np.ndarray,
                    candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -251,13 +264,13 @@ def session_scores(head: NumpyRepeatHead, ranker: NumpyRanker | None, query: np.
     bonus and, with a ranker, its re-ordering of the best ``ranker.candidates`` by that sum (see
     :func:`first_stage`). Returns (rows, scores); the re-ordered rows score above the rest, whose order is
     kept. The one scoring function of the offline evaluation and of the worker."""
-    rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types, candidates)
-    mix = inner + repeat + knn
-    if ranker is None or rows.size == 0:
+    if ranker is None:
+        rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types, candidates)
+        return rows, inner + repeat + knn
+    rows, mix, top, features = _candidates(head, ranker, query, item_emb, recent_rows, recent_types, candidates)
+    if rows.size == 0:
         return rows, mix
-    top = _best(mix, ranker.candidates)
-    ranked = ranker.scores(ranker.features(rows[top], inner[top], repeat[top], knn[top], head.nbr_idx,
-                                           head.nbr_sim, recent_rows, recent_types))
+    ranked = ranker.scores(features)
     out = mix.copy()
     rest = np.ones(rows.size, dtype=bool)
     rest[top] = False
@@ -270,13 +283,13 @@ def session_scores(head: NumpyRepeatHead, ranker: NumpyRanker | None, query: np.
 def ranker_example(head: NumpyRepeatHead, ranker: NumpyRanker, query: np.ndarray, item_emb: np.ndarray,
                    recent_rows: np.ndarray, recent_types: np.ndarray, target: int) -> tuple[np.ndarray, int]:
     """One training example of the ranker: the features of the candidates :func:`session_scores` would
-    re-order and the target's position among them (-1 if it is not one of them)."""
-    rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types)
-    top = _best(inner + repeat + knn, ranker.candidates)
-    features = ranker.features(rows[top], inner[top], repeat[top], knn[top], head.nbr_idx, head.nbr_sim,
-                               recent_rows, recent_types)
+    re-order and the target's position among them; (no features, -1) when the target is not one of them
+    (such a target cannot train the MLP, and its features would only take memory)."""
+    rows, _, top, features = _candidates(head, ranker, query, item_emb, recent_rows, recent_types, None)
     hit = np.flatnonzero(rows[top] == target)
-    return features.astype(np.float32), int(hit[0]) if hit.size else -1
+    if not hit.size:
+        return np.zeros((0, len(FEATURES)), np.float32), -1
+    return features.astype(np.float32), int(hit[0])
 
 
 def fit_ranker(ranker: Ranker, examples: list[tuple[np.ndarray, int]], config: RankerConfig, seed: int) -> list[float]:

@@ -126,3 +126,23 @@ def test_unknown_index_items_go_below_the_ranked_ones() -> None:
     served = encoder.rescore(query, [("click", "i1")], [("new-item", 99.0), ("i2", 0.0)])
     scores = dict(served)
     assert scores["new-item"] < min(s for item, s in served if item != "new-item")
+
+
+def test_a_ranker_example_is_the_served_candidates_and_the_targets_place_among_them() -> None:
+    from encoders.ranker import NumpyRanker, ranker_example
+    from encoders.repeat import NumpyRepeatHead
+
+    model = _ranked_model(candidates=3)
+    assert model.repeat is not None and model.ranker is not None
+    history = _seq([1, 4, 2, 1, 3], start=100.0)
+    scores = model_scorer(model)(history, [4])[0]
+    scores[0] = -np.inf
+    order = np.argsort(-scores)  # the served order: the three candidates first
+    head, ranker = NumpyRepeatHead(model.repeat), NumpyRanker(model.ranker, 3)
+    q = model.history_queries(torch.from_numpy(history.items), torch.from_numpy(history.types),
+                              torch.from_numpy(history.tokens), [4]).detach().numpy()[0]
+    emb = model.item_weight().detach().numpy()
+    features, position = ranker_example(head, ranker, q, emb, history.items[:4], history.types[:4], int(order[1]))
+    assert features.shape == (3, len(FEATURES)) and 0 <= position < 3
+    features, position = ranker_example(head, ranker, q, emb, history.items[:4], history.types[:4], int(order[5]))
+    assert position == -1 and features.shape[0] == 0
