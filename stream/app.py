@@ -25,12 +25,11 @@ from stream.pipeline import Arm, Recommender, Rules
 from stream.reload import ModelReloader
 from stream.schemas import ItemRecord, ModelRelease, Source, dead_letter, decode_item, decode_release
 from stream.served_model import load_served_model
+from stream.topics import STATE_TABLE, TRENDING_TABLE, changelog_topic
 from stream.trending import Trending
 from stream.variants import Assignment
 
 log = logging.getLogger(__name__)
-STATE_TABLE = "user-state"
-TRENDING_TABLE = "trending"
 LAG_INTERVAL_S = 5.0  # how often consumer lag and the user count are refreshed
 
 
@@ -177,7 +176,7 @@ def _raw_table(app: faust.App, settings: Settings, name: str) -> TableT[str, byt
 
     Faust would derive "json" from the types, so the changelog topic is declared here (with acks: Faust's
     default changelog does not wait for them) and the serializers are set before first use."""
-    changelog = app.topic(f"{settings.app_id}-{name}-changelog", key_type=str, value_type=bytes,
+    changelog = app.topic(changelog_topic(settings, name), key_type=str, value_type=bytes,
                           key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
                           compacting=True, deleting=False, internal=True, acks=True)
     table = app.Table(name, default=None, key_type=str, value_type=bytes, partitions=settings.partitions,

@@ -87,7 +87,7 @@ async def read_topic(settings: Settings, topic: str) -> list[Record]:
 
 async def audit(settings: Settings, since: float = 0.0) -> AuditReport:
     """Read everything back and check it (see the module docstring)."""
-    from stream.app import STATE_TABLE
+    from stream.topics import STATE_TABLE, changelog_topic
 
     if settings.model_path is None:
         raise ConfigError("model_path", "the audit replays events through the model the workers served")
@@ -141,7 +141,7 @@ async def audit(settings: Settings, since: float = 0.0) -> AuditReport:
     report.duplicated = sorted(e for e in valid if answered[e] > 1)
 
     stored: dict[str, bytes | None] = {}
-    for _, _, _, key, value in await read_topic(settings, f"{settings.app_id}-{STATE_TABLE}-changelog"):
+    for _, _, _, key, value in await read_topic(settings, changelog_topic(settings, STATE_TABLE)):
         if key is not None:
             stored[key.decode()] = value
     states: dict[str, bytes] = {}

@@ -25,8 +25,28 @@ class TopicSpec:
     configs: tuple[tuple[str, str], ...] = ()
 
 
+STATE_TABLE = "user-state"
+TRENDING_TABLE = "trending"
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog topic of one of the worker's Faust tables."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def leader_topic(settings: Settings) -> str:
+    """The one-partition topic Faust's leader assignor uses to elect a leader worker."""
+    return f"{settings.app_id}-__assignor-__leader"
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """All topics of a deployment, from the settings."""
+    """All topics of a deployment, from the settings.
+
+    The worker's own topics (table changelogs, the leader topic) are here too: Faust would create them itself
+    at start, but on a multi-broker cluster its group assignment can run before a topic it has just created
+    shows in the metadata; the table then sees a changelog with 0 partitions and fails every event
+    (``PartitionsMismatch``) until the metadata is next refreshed. Created here, they exist, with the durability
+    settings below, before any worker joins."""
     n = settings.partitions
     return [
         TopicSpec(settings.topic_clicks, n),
@@ -41,6 +61,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Dead letters are evidence: keep them for 30 days.
         TopicSpec(settings.topic_dead_letters, settings.dead_letter_partitions,
                   (("retention.ms", str(30 * 24 * 3600 * 1000)),)),
+        *(TopicSpec(changelog_topic(settings, table), n, (("cleanup.policy", "compact"),))
+          for table in (STATE_TABLE, TRENDING_TABLE)),
+        TopicSpec(leader_topic(settings), 1),
     ]
 
 

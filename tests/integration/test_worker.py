@@ -159,8 +159,8 @@ def test_state_survives_a_worker_restart(settings: Settings, store: str) -> None
 
 
 def test_erasure_removes_the_state_and_tombstones_the_list(settings: Settings, worker: None) -> None:
-    from stream.app import STATE_TABLE
     from stream.schemas import Erasure
+    from stream.topics import STATE_TABLE, changelog_topic
 
     assert settings.model_path is not None
     artifact = load_artifact(settings.model_path)
@@ -190,7 +190,7 @@ def test_erasure_removes_the_state_and_tombstones_the_list(settings: Settings, w
                                Erasure(user, time.time(), "erase-1").to_json())])
         await asyncio.sleep(2)
         listed = await last_values(settings.topic_recommendations)
-        changelog = await last_values(f"{settings.app_id}-{STATE_TABLE}-changelog")
+        changelog = await last_values(changelog_topic(settings, STATE_TABLE))
         await send(settings, [(settings.topic_clicks, user.encode(), click(user, items[7], "after-1"))])
         after = (await collect(reader, {"after-1"}, timeout_s=10))["after-1"]
         await reader.stop()
@@ -216,3 +216,34 @@ def test_impossible_topic_settings_fail_with_a_clear_message(settings: Settings)
     bad = settings.replace(topic_clicks=settings.topic_clicks + "-rf3", replication_factor=3)
     with pytest.raises(BrokerError, match="replication"):
         asyncio.run(ensure_topics(bad))
+
+
+def test_the_worker_topics_exist_compacted_before_any_worker_starts(settings: Settings) -> None:
+    """The table changelogs are created with the input topics, so a worker never joins its group before they
+    show in the metadata (on three brokers that race left a changelog with 0 partitions)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from stream.kafka_clients import client_options
+    from stream.topics import STATE_TABLE, TRENDING_TABLE, changelog_topic, ensure_topics, leader_topic
+
+    found = asyncio.run(ensure_topics(settings))  # the fixture created them already: this only checks
+    changelogs = [changelog_topic(settings, table) for table in (STATE_TABLE, TRENDING_TABLE)]
+    assert {name: found.get(name) for name in changelogs} == dict.fromkeys(changelogs, settings.partitions)
+    assert found.get(leader_topic(settings)) == 1
+
+    async def cleanup_policies() -> dict[str, str]:
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await admin.start()
+        try:
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)
+                                                      for name in changelogs])
+        finally:
+            await admin.close()
+        policies = {}
+        for response in responses:
+            for _, _, _, name, entries in response.resources:
+                policies[name] = next(value for key, value, *_ in entries if key == "cleanup.policy")
+        return policies
+
+    assert asyncio.run(cleanup_policies()) == dict.fromkeys(changelogs, "compact")
