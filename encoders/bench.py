@@ -22,7 +22,6 @@ from encoders.events import TYPE_IDS, query_tokens
 from encoders.gru import NumpyRecurrentStep, RecurrentConfig, RecurrentModel
 from encoders.models import build_model
 from encoders.text import TextEncoder
-from encoders.text_numpy import bfloat16_native
 from encoders.transformer import NumpySasrecStep, SasrecModel
 from stream.datasets import DatasetEvent, load_events
 
@@ -154,38 +153,10 @@ def bench_text(encoder: TextEncoder, queries: Sequence[str], repeats: int = 10) 
         cpu, wall = _timed(run)
         results.append({"bench": "encoders", "model": "text", "mode": mode, "queries": count,
                         "queries_per_s": round(count / wall, 1), "queries_per_cpu_s": round(count / cpu, 1),
-                        "torch_threads": torch.get_num_threads(), "query_precision": encoder.query_precision})
+                        "torch_threads": torch.get_num_threads()})
     info = encoder.cache_info()
     results[-1] |= {"cache_hits": info.hits, "cache_misses": info.misses}
     return results
-
-
-def bench_query_precision(queries: Sequence[str], repeats: int = 3) -> dict[str, Any]:
-    """CPU per uncached query of the single-query forward with float32 and with bfloat16 weights, taking
-    turns query by query (so a busy machine's drift hits both), and how far the bfloat16 vectors are from
-    float32's (the lowest cosine)."""
-    encoders = {p: TextEncoder(query_precision=p) for p in ("float32", "bfloat16")}
-    seconds: dict[str, list[float]] = {p: [] for p in encoders}
-    vectors: dict[str, list[np.ndarray]] = {p: [] for p in encoders}
-    for q in queries[:1]:
-        for encoder in encoders.values():
-            encoder.encode_one(q)  # warm-up (oneDNN picks its kernels on first use)
-    for round_ in range(repeats):
-        for q in queries:
-            for precision, encoder in encoders.items():
-                encoder.cache_clear()
-                started = time.process_time()
-                vector = encoder.encode_one(q)
-                seconds[precision].append(time.process_time() - started)
-                if round_ == 0:
-                    vectors[precision].append(vector)
-    p50 = {p: float(np.median(s)) * 1e3 for p, s in seconds.items()}
-    cosines = np.sum(np.stack(vectors["float32"]) * np.stack(vectors["bfloat16"]), axis=1)
-    return {"bench": "encoders", "model": "text", "mode": "single_uncached_precision", "queries": len(queries),
-            "float32_cpu_ms_p50": round(p50["float32"], 3), "bfloat16_cpu_ms_p50": round(p50["bfloat16"], 3),
-            "bfloat16_speedup": round(p50["float32"] / max(p50["bfloat16"], 1e-9), 2),
-            "min_cosine": round(float(cosines.min()), 6), "bfloat16_native": bfloat16_native(),
-            "auto_chooses": TextEncoder.resolve_precision("auto")}
 
 
 def bench_encoders(dataset: str, data_dir: Path, events: int = 2000, batch: int = 256,
@@ -205,6 +176,4 @@ def bench_encoders(dataset: str, data_dir: Path, events: int = 2000, batch: int 
     started = time.perf_counter()
     encoder = TextEncoder()
     yield {"bench": "encoders", "model": "text", "mode": "load", "seconds": round(time.perf_counter() - started, 2)}
-    distinct = unique_queries(stream, queries)
-    yield from bench_text(encoder, distinct)
-    yield bench_query_precision(distinct)
+    yield from bench_text(encoder, unique_queries(stream, queries))

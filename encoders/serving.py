@@ -21,7 +21,7 @@ from encoders.transformer import NumpySasrecStep, SasrecModel
 class UserEncoder:
     """Steps a user's state (recurrent state or event window) and turns it into a query vector for the index."""
 
-    def __init__(self, artifact: ModelArtifact, query_precision: str = "auto") -> None:
+    def __init__(self, artifact: ModelArtifact) -> None:
         model = artifact.model.eval()
         self._step = NumpySasrecStep(model) if isinstance(model, SasrecModel) else NumpyRecurrentStep(model)
         self._repeat = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
@@ -42,8 +42,7 @@ class UserEncoder:
         self._text: TextEncoder | None = None
         if isinstance(self._step, NumpyRecurrentStep) and self._step.text_proj is not None:
             self._text_proj = self._step.text_proj  # (text_dim, dim): the item tower's text projection
-            # MiniLM, for search queries and new catalog items
-            self._text = TextEncoder(query_precision=query_precision)
+            self._text = TextEncoder()  # MiniLM, for search queries and new catalog items
 
     def knows(self, item_id: str) -> bool:
         """Whether the model has an embedding for this item."""

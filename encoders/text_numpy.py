@@ -5,13 +5,6 @@ For a single short query the cost is reading the weights, not arithmetic, and to
 same arithmetic (a test holds the vectors within 1e-5 of the transformers model): token + position +
 token-type embeddings, six post-LayerNorm blocks of 12-head self-attention and a GELU MLP, mean pooling over
 the tokens and L2 normalisation, as ``TextEncoder`` computes with torch for batches.
-
-With ``bfloat16`` the 24 weight matrices are kept in bfloat16 and multiplied by torch (oneDNN), everything else
-stays float32 numpy: half the bytes to read per query. On a CPU with AVX512-BF16 that took the query from 15.3
-to 6.2 ms (one thread, same busy window), and the vectors kept a cosine of 0.99998 with float32's. int8
-(torch's dynamic quantisation, per channel) was faster still, 3.0 ms, but its vectors drifted to a cosine of
-0.97-0.98, enough to reorder a search's list, so it is not offered. Where the CPU lacks bfloat16 arithmetic,
-torch emulates it and float32 is faster: :func:`bfloat16_native` tells the two apart.
 """
 
 from __future__ import annotations
@@ -20,34 +13,19 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.special import erf
 
 if TYPE_CHECKING:  # transformers is imported by TextEncoder, after it has set the offline switches
     from transformers import PreTrainedModel
 
 _Linear = tuple[np.ndarray, np.ndarray]  # (in, out) weight, bias
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of native bfloat16 dot products
-
-
-def bfloat16_native(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU multiplies bfloat16 natively (Linux x86: a flag in /proc/cpuinfo)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return any(flag in flags for flag in _BF16_FLAGS)
 
 
 class NumpyBert:
     """A BERT encoder's weights as numpy arrays, and its forward for one token sequence."""
 
-    def __init__(self, model: PreTrainedModel, bfloat16: bool = False) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         config = model.config
-        self.bfloat16 = bfloat16
         self.heads = int(config.num_attention_heads)
         self.eps = float(config.layer_norm_eps)
         weights = {name: t.detach().cpu().numpy().astype(np.float32) for name, t in model.state_dict().items()}
@@ -75,10 +53,6 @@ class NumpyBert:
                 "mlp_out": linear(f"{p}.output.dense"),
                 "out_norm": norm(f"{p}.output.LayerNorm"),
             })
-        # The matrices in bfloat16 (biases stay float32, added after): torch.Tensor (in, out) per linear layer.
-        self._bf16 = [{name: torch.from_numpy(layer[name][0]).to(torch.bfloat16).contiguous()
-                       for name in ("qkv", "attn_out", "mlp_in", "mlp_out")} for layer in self.layers] \
-            if bfloat16 else []
 
     def encode(self, ids: np.ndarray) -> np.ndarray:
         """The unit-length mean-pooled vector (dim,) of one token id sequence (T,), [CLS] and [SEP] included."""
@@ -87,29 +61,19 @@ class NumpyBert:
         d = x.shape[1]
         h, dh = self.heads, d // self.heads
         scale = np.float32(1.0 / math.sqrt(dh))
-        for n, layer in enumerate(self.layers):
-            qkv = self._linear(x, n, "qkv")  # (T, 3d)
-            q, k, v = (qkv[:, i * d:(i + 1) * d].reshape(t, h, dh).transpose(1, 0, 2) for i in range(3))
+        for layer in self.layers:
+            qkv = x @ layer["qkv"][0] + layer["qkv"][1]  # (T, 3d)
+            q, k, v = (qkv[:, n * d:(n + 1) * d].reshape(t, h, dh).transpose(1, 0, 2) for n in range(3))
             scores = (q @ k.transpose(0, 2, 1)) * scale  # (H, T, T); one sequence: nothing is masked
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             context = (scores / scores.sum(axis=-1, keepdims=True)) @ v  # (H, T, dh)
-            attended = self._linear(context.transpose(1, 0, 2).reshape(t, d), n, "attn_out")
+            attended = context.transpose(1, 0, 2).reshape(t, d) @ layer["attn_out"][0] + layer["attn_out"][1]
             x = self._norm(x + attended, layer["attn_norm"])
-            hidden = self._linear(x, n, "mlp_in")
+            hidden = x @ layer["mlp_in"][0] + layer["mlp_in"][1]
             hidden = 0.5 * hidden * (1.0 + erf(hidden * np.float32(1.0 / math.sqrt(2.0))))  # exact GELU
-            x = self._norm(x + self._linear(hidden, n, "mlp_out"), layer["out_norm"])
+            x = self._norm(x + hidden @ layer["mlp_out"][0] + layer["mlp_out"][1], layer["out_norm"])
         pooled = x.mean(axis=0)
         out: np.ndarray = (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
-        return out
-
-    def _linear(self, x: np.ndarray, layer: int, name: str) -> np.ndarray:
-        """x @ W + b of one linear layer: float32 numpy, or the bfloat16 matrix through torch."""
-        weight, bias = self.layers[layer][name]
-        if self.bfloat16:
-            product = torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16) @ self._bf16[layer][name]
-            out: np.ndarray = product.float().numpy() + bias
-        else:
-            out = x @ weight + bias
         return out
 
     def _norm(self, x: np.ndarray, params: _Linear) -> np.ndarray:

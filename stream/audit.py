@@ -169,8 +169,7 @@ def _reference(settings: Settings) -> Recommender:
     arms = []
     for spec in settings.variant_specs():
         encoder = UserEncoder(load_artifact(resolve_artifact(spec.model or settings.model_path,
-                                                             spec.model_type or settings.model_type)),
-                              settings.query_precision)
+                                                             spec.model_type or settings.model_type)))
         arms.append(Arm(spec.name, ServedModel(encoder, BruteForceIndex(encoder.dim)), Rules.from_settings(settings)))
     return Recommender(arms[0].served, None, arms[0].rules, arms=arms,
                        assignment=Assignment(settings.variant_specs(), settings.experiment_salt))

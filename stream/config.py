@@ -86,11 +86,6 @@ class Settings:
     diversity: float = 0.0
     explanations: int = 2
 
-    # Weights of the per-query MiniLM forward for searches (models with an item tower): "auto" (bfloat16 where
-    # the CPU multiplies it natively: 2-2.5x less CPU per new query, cosine 0.99998 to float32), "float32",
-    # "bfloat16".
-    query_precision: str = "auto"
-
     # Cold start: users with fewer events than this get trending items blended into their list (their
     # share shrinks as events arrive); a search is answered from the query alone.
     cold_start_events: int = 5
@@ -186,8 +181,6 @@ class Settings:
         if not 0.0 <= self.diversity <= 1.0:
             raise ConfigError("diversity", f"must be between 0 and 1, got {self.diversity}")
         _require("explanations", self.explanations, 0, 3)
-        if self.query_precision not in ("auto", "float32", "bfloat16"):
-            raise ConfigError("query_precision", f"expected auto, float32 or bfloat16, got {self.query_precision!r}")
         self.variant_specs()  # raises ConfigError("variants", ...)
         _require("cold_start_events", self.cold_start_events, 0, 10_000)
         if not self.trending_half_life_s > 0:

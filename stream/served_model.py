@@ -116,7 +116,7 @@ def load_served_model(path: Path, settings: Settings, catalog: Catalog, filters:
 
     Raises ArtifactError (missing, corrupt, or not of the configured ``model_type``)."""
     artifact = load_artifact(resolve_artifact(path, settings.model_type))
-    encoder = UserEncoder(artifact, settings.query_precision)
+    encoder = UserEncoder(artifact)
     if settings.model_type and encoder.model_type != settings.model_type:
         raise ArtifactError(f"{artifact.path} is a {encoder.model_type} model; setting model_type says "
                             f"{settings.model_type}")

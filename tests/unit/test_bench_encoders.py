@@ -39,14 +39,9 @@ def test_cli_prints_one_json_line_per_measurement(data_dir: Path, capsys: pytest
                                                                                 ("torch", 1))] + [
         ("sasrec", "numpy", 1), ("sasrec", "numpy", 8)]
     text = {r["mode"]: r for r in rows if r["model"] == "text"}
-    assert list(text) == ["load", "batched", "single_uncached", "single_cached", "single_uncached_precision"]
+    assert list(text) == ["load", "batched", "single_uncached", "single_cached"]
     assert text["load"]["seconds"] > 0
     for mode in ("batched", "single_uncached", "single_cached"):
         assert text[mode]["queries_per_s"] > 0 and text[mode]["queries_per_cpu_s"] > 0
     assert text["single_cached"]["queries"] == 60
     assert (text["single_cached"]["cache_hits"], text["single_cached"]["cache_misses"]) == (60, 6)
-    precision = text["single_uncached_precision"]
-    assert precision["queries"] == 6 and precision["float32_cpu_ms_p50"] > 0 and precision["bfloat16_cpu_ms_p50"] > 0
-    assert 0.9995 <= precision["min_cosine"] <= 1.0
-    assert precision["auto_chooses"] == ("bfloat16" if precision["bfloat16_native"] else "float32")
-    assert text["single_uncached"]["query_precision"] == precision["auto_chooses"]

@@ -41,7 +41,6 @@ def test_environment_and_overrides() -> None:
     ({"STREAMREC_CATEGORY_ALLOW": "a,b", "STREAMREC_CATEGORY_DENY": "b"}, "category_deny"),
     ({"STREAMREC_EXCLUDE_VIEWED_LAST_N": "-1"}, "exclude_viewed_last_n"),
     ({"STREAMREC_MODEL_TYPE": "transformer"}, "model_type"),
-    ({"STREAMREC_QUERY_PRECISION": "int8"}, "query_precision"),
 ])
 def test_bad_settings_name_the_setting(env: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -28,7 +28,7 @@ def encoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextEncoder]:
         mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
         mp.setattr(socket.socket, "connect", _no_network)
         mp.setattr(socket, "create_connection", _no_network)
-        yield TextEncoder(batch_size=8, cache_size=100, query_precision="float32")
+        yield TextEncoder(batch_size=8, cache_size=100)
 
 
 @pytest.fixture(scope="module")
@@ -74,29 +74,6 @@ def test_numpy_single_query_path_equals_the_transformers_model(encoder: TextEnco
     single = np.stack([encoder.encode_one(t) for t in texts])
     encoder.cache_clear()  # the module's encoder is shared: leave its cache as found
     assert np.abs(single - encoder.encode(texts)).max() <= 1e-5
-
-
-def test_bfloat16_single_query_path_keeps_the_vectors(movies: dict[str, str]) -> None:
-    # The worker's per-query forward on a CPU with native bfloat16: weights in bfloat16, sums in float32.
-    bf16 = TextEncoder(cache_size=100, query_precision="bfloat16")
-    texts = ["dark comedy", "a", "space adventure", "long " * 200, *list(movies.values())[300:310]]
-    single = np.stack([bf16.encode_one(t) for t in texts])
-    exact = bf16.encode(texts)  # batches stay float32
-    assert np.allclose(np.linalg.norm(single, axis=1), 1.0, atol=1e-5)
-    cosines = np.sum(single * exact, axis=1)
-    assert cosines.min() >= 0.9995, cosines
-    assert np.abs(single - exact).max() > 1e-7  # it did run in bfloat16
-
-
-def test_query_precision_is_checked_and_auto_follows_the_cpu() -> None:
-    from encoders.text_numpy import bfloat16_native
-
-    with pytest.raises(ValueError, match="query_precision"):
-        TextEncoder(query_precision="int8")
-    assert bfloat16_native("processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 vnni\n")
-    assert bfloat16_native("flags : fpu amx_bf16 amx_tile\n")
-    assert not bfloat16_native("processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
-    assert not bfloat16_native("")
 
 
 def test_query_is_closer_to_the_matching_movie(encoder: TextEncoder, movies: dict[str, str]) -> None:
