@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from typing import Any, Protocol
 
 import faust
 
+from stream.errors import InvalidEvent
 from stream.metrics import Metrics
 from stream.pipeline import Outcome, Recommender
-from stream.schemas import EventType, Source
+from stream.schemas import EventType, Source, dead_letter
 
 AgentFun = Callable[[faust.StreamT[bytes]], Coroutine[Any, Any, None]]
+PROCESSING_ERROR = "processing_error"  # the dead letter's reason when handling a record raised
+log = logging.getLogger(__name__)
 
 
 class Handler(Protocol):
@@ -62,7 +66,10 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
             slow = recommender.pending_text(event_type, message.value, source)
             if slow is not None:
                 await loop.run_in_executor(None, slow)
-            outcome = recommender.handle(event_type, message.value, message.key, source, states, trending)
+            try:
+                outcome = recommender.handle(event_type, message.value, message.key, source, states, trending)
+            except Exception as error:  # anything: the record must not be lost (see failed)
+                outcome = failed(event_type, error, message.value, message.key, source, metrics)
             started = time.perf_counter()
             ack = await producer.send(names[outcome.dead_letter], outcome.key, outcome.value, None, None, None)
             if produce_stage is not None:
@@ -74,6 +81,22 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
     return agent
 
 
+def failed(event_type: str, error: Exception, raw: bytes | None, key: bytes | None, source: Source,
+           metrics: Metrics | None) -> Outcome:
+    """The outcome of a record whose processing raised: a bug, or a dependency that broke (a table whose
+    changelog vanished from the metadata, say). Faust acks the event an agent crashed on and restarts the
+    agent, so without this the record would be skipped silently; instead it is logged with its traceback,
+    counted, and dead-lettered with its original bytes and the exception, and the agent goes on."""
+    log.exception("processing %s record %s-%d@%d failed; dead-lettered", event_type, source.topic, source.partition,
+                  source.offset)
+    name = type(error).__name__
+    if metrics:
+        metrics.processing_errors.labels(event_type=event_type).inc()
+        metrics.dead_letters.labels(topic=source.topic).inc()
+    letter = dead_letter(raw, key, InvalidEvent(PROCESSING_ERROR, f"{name}: {error}"[:1000]), source, time.time())
+    return Outcome(key, letter, True, reason=PROCESSING_ERROR)
+
+
 def make_erasure_agent(recommender: Recommender, states: MutableMapping[str, bytes], recommendations: faust.TopicT,
                        dead_letters: faust.TopicT) -> AgentFun:
     """The agent of the erasures topic: forget the user, tombstone the user's list."""
@@ -82,8 +105,11 @@ def make_erasure_agent(recommender: Recommender, states: MutableMapping[str, byt
         events: AsyncIterator[faust.EventT[bytes]] = stream.events()
         async for event in events:
             message = event.message
-            outcome = recommender.erase(message.value, message.key,
-                                        Source(message.topic, message.partition, message.offset), states)
+            source = Source(message.topic, message.partition, message.offset)
+            try:
+                outcome = recommender.erase(message.value, message.key, source, states)
+            except Exception as error:
+                outcome = failed("erase", error, message.value, message.key, source, recommender.metrics)
             target = dead_letters if outcome.dead_letter else recommendations
             await target.send(key=outcome.key, value=outcome.value)
 

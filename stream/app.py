@@ -85,6 +85,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             metrics.live_opportunities.labels(event_type=event_type, k=k, variant=spec.name)
     for name in [*settings.input_topics.values(), settings.topic_erasures]:
         metrics.dead_letters.labels(topic=name)
+    for event_type in [*settings.input_topics, "erase"]:  # at 0 from the start, so the first error counts
+        metrics.processing_errors.labels(event_type=event_type)
     recommender = build_recommender(settings, metrics)
     datadir = settings.home / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)

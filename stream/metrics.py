@@ -35,6 +35,10 @@ class Metrics:
         self.invalid = Counter(
             "streamrec_worker_invalid_events_total", "Input events rejected by validation, by type and reason.",
             ["event_type", "reason"], registry=registry)
+        self.processing_errors = Counter(
+            "streamrec_worker_processing_errors_total",
+            "Events whose processing raised (a bug or a broken dependency); each is dead-lettered with the "
+            "exception.", ["event_type"], registry=registry)
         self.duplicates = Counter(
             "streamrec_worker_duplicate_events_total", "Redelivered events whose state update was skipped.",
             ["event_type"], registry=registry)
