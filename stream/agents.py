@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
     """
 
     produce_stage = metrics.stage.labels(stage="produce") if metrics else None
+    failures = Failures(metrics)
 
     def produced(started: float) -> Callable[[Any], None]:
         assert produce_stage is not None
@@ -68,8 +70,8 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
                 await loop.run_in_executor(None, slow)
             try:
                 outcome = recommender.handle(event_type, message.value, message.key, source, states, trending)
-            except Exception as error:  # anything: the record must not be lost (see failed)
-                outcome = failed(event_type, error, message.value, message.key, source, metrics)
+            except Exception as error:  # anything: the record must not be lost (see Failures)
+                outcome = failures.outcome(event_type, error, message.value, message.key, source)
             started = time.perf_counter()
             ack = await producer.send(names[outcome.dead_letter], outcome.key, outcome.value, None, None, None)
             if produce_stage is not None:
@@ -81,25 +83,47 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
     return agent
 
 
-def failed(event_type: str, error: Exception, raw: bytes | None, key: bytes | None, source: Source,
-           metrics: Metrics | None) -> Outcome:
-    """The outcome of a record whose processing raised: a bug, or a dependency that broke (a table whose
-    changelog vanished from the metadata, say). Faust acks the event an agent crashed on and restarts the
-    agent, so without this the record would be skipped silently; instead it is logged with its traceback,
-    counted, and dead-lettered with its original bytes and the exception, and the agent goes on."""
-    log.exception("processing %s record %s-%d@%d failed; dead-lettered", event_type, source.topic, source.partition,
-                  source.offset)
-    name = type(error).__name__
-    if metrics:
-        metrics.processing_errors.labels(event_type=event_type).inc()
-        metrics.dead_letters.labels(topic=source.topic).inc()
-    letter = dead_letter(raw, key, InvalidEvent(PROCESSING_ERROR, f"{name}: {error}"[:1000]), source, time.time())
-    return Outcome(key, letter, True, reason=PROCESSING_ERROR)
+class Failures:
+    """Turns a record whose processing raised into a dead letter: a bug, or a dependency that broke (a table
+    whose changelog vanished from the metadata, say). Faust acks the event an agent crashed on and restarts
+    the agent, so without this the record would be skipped silently; instead it is counted and dead-lettered
+    with its original bytes and the exception, and the agent goes on. The log gets the first traceback of
+    each exception type, then one line a minute with the count, so a failure that hits every event does
+    not flood it."""
+
+    def __init__(self, metrics: Metrics | None, clock: Callable[[], float] = time.monotonic,
+                 log_every_s: float = 60.0) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.log_every_s = log_every_s
+        self._logged: dict[str, tuple[float, int]] = {}  # exception type -> (last logged, failures since)
+
+    def outcome(self, event_type: str, error: Exception, raw: bytes | None, key: bytes | None,
+                source: Source) -> Outcome:
+        """Count, maybe log, and return the dead letter for this record."""
+        name = type(error).__name__
+        now = self.clock()
+        last, since = self._logged.get(name, (-math.inf, 0))
+        if now - last >= self.log_every_s:
+            log.error("processing %s record %s-%d@%d raised %s (%d more since the last report); dead-lettered",
+                      event_type, source.topic, source.partition, source.offset, name, since,
+                      exc_info=error if last == -math.inf else None)
+            self._logged[name] = (now, 0)
+        else:
+            self._logged[name] = (last, since + 1)
+        if self.metrics:
+            self.metrics.processing_errors.labels(event_type=event_type).inc()
+            self.metrics.dead_letters.labels(topic=source.topic).inc()
+        letter = dead_letter(raw, key, InvalidEvent(PROCESSING_ERROR, f"{name}: {error}"[:1000]), source,
+                             time.time())
+        return Outcome(key, letter, True, reason=PROCESSING_ERROR)
 
 
 def make_erasure_agent(recommender: Recommender, states: MutableMapping[str, bytes], recommendations: faust.TopicT,
                        dead_letters: faust.TopicT) -> AgentFun:
     """The agent of the erasures topic: forget the user, tombstone the user's list."""
+
+    failures = Failures(recommender.metrics)
 
     async def erasure_agent(stream: faust.StreamT[bytes]) -> None:
         events: AsyncIterator[faust.EventT[bytes]] = stream.events()
@@ -109,7 +133,7 @@ def make_erasure_agent(recommender: Recommender, states: MutableMapping[str, byt
             try:
                 outcome = recommender.erase(message.value, message.key, source, states)
             except Exception as error:
-                outcome = failed("erase", error, message.value, message.key, source, recommender.metrics)
+                outcome = failures.outcome("erase", error, message.value, message.key, source)
             target = dead_letters if outcome.dead_letter else recommendations
             await target.send(key=outcome.key, value=outcome.value)
 

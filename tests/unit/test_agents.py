@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
-from stream.agents import PROCESSING_ERROR, make_agent
+from stream.agents import PROCESSING_ERROR, Failures, make_agent
 from stream.bench_bare import Forward
 from stream.metrics import Metrics
 from stream.pipeline import Outcome
@@ -101,3 +103,20 @@ def test_a_record_whose_handling_raises_is_dead_lettered_and_the_agent_goes_on()
     assert registry.get_sample_value("streamrec_worker_processing_errors_total", {"event_type": "click"}) == 1
     assert registry.get_sample_value("streamrec_worker_dead_letters_total", {"topic": "clicks"}) == 1
     assert processed == {("clicks", 0): 2}
+
+
+def test_a_failure_on_every_event_logs_one_traceback_then_a_line_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    registry = CollectorRegistry()
+    failures = Failures(Metrics(registry), clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="stream.agents"):
+        for n, t in enumerate([0.0, 1.0, 30.0, 61.0, 62.0]):
+            now[0] = t
+            outcome = failures.outcome("click", ValueError("bad"), b"{}", b"u", Source("clicks", 0, n))
+            assert outcome.dead_letter and outcome.reason == PROCESSING_ERROR
+    logged = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert logged == [("processing click record clicks-0@0 raised ValueError (0 more since the last report); "
+                       "dead-lettered", True),
+                      ("processing click record clicks-0@3 raised ValueError (2 more since the last report); "
+                       "dead-lettered", False)]
+    assert registry.get_sample_value("streamrec_worker_processing_errors_total", {"event_type": "click"}) == 5
