@@ -38,7 +38,7 @@ def run_faust(settings: Settings) -> None:
     import faust
 
     from stream.agents import make_agent
-    from stream.faust_options import app_options
+    from stream.faust_options import app_options, freeze_heap
 
     datadir = settings.home / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +52,7 @@ def run_faust(settings: Settings) -> None:
     for event_type, name in settings.input_topics.items():
         body = make_agent(event_type, Forward(), {}, out, dead, None, processed)
         app.agent(raw_topic(name), name=f"bare.{event_type}")(body)
+    freeze_heap()  # as the worker does
     faust.Worker(app, loglevel=settings.log_level.upper()).execute_from_commandline()
 
 

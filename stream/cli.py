@@ -195,15 +195,20 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings) -> int:
+    import gc
+
     import faust
     from prometheus_client import CollectorRegistry, start_http_server
 
     from stream.app import create_app
+    from stream.faust_options import freeze_heap
     from stream.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings, timeout_s=None))  # a worker waits for Kafka rather than crash-looping
     registry = CollectorRegistry()
     worker = create_app(settings, registry)
+    gc.callbacks.append(worker.metrics.gc_callback())
+    log.info("%d objects moved out of the garbage collector's reach", freeze_heap())
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)

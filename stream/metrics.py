@@ -6,6 +6,8 @@ values with ``registry.get_sample_value``; the worker passes the registry it ser
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -14,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5,
                    1.0, 2.0, 5.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 STAGES = ("decode", "text_encode", "state", "query", "search", "rerank", "explain", "produce")
 
 
@@ -88,11 +91,29 @@ class Metrics:
             "streamrec_model_reload_failures_total",
             "Published models refused (missing, corrupt, wrong type); the previous model kept serving.",
             registry=registry)
+        self.gc_pause = Histogram(
+            "streamrec_worker_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector (the event loop stops meanwhile), by generation.",
+            ["generation"], buckets=GC_BUCKETS, registry=registry)
         self.model = Info("streamrec_model", "The model this worker serves, per A/B variant.", ["variant"],
                           registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole
             self.stage.labels(stage=stage)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def gc_callback(self, clock: Callable[[], float] = time.perf_counter) -> Callable[[str, dict[str, int]], None]:
+        """A function for ``gc.callbacks`` that times each collection into ``gc_pause`` (the CLI installs it:
+        a stop-the-world pause is a latency outlier no stage timing shows)."""
+        children = [self.gc_pause.labels(generation=str(g)) for g in range(3)]
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = clock()
+            else:
+                children[info["generation"]].observe(clock() - started[0])
+
+        return on_gc
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the per-event path would otherwise pay a label lookup (a lock, a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -40,3 +41,37 @@ def test_each_registry_counts_on_its_own() -> None:
                               {"event_type": "click", "variant": "default", "le": "0.003"}) == 0
     text = generate_latest(a).decode()
     assert 'streamrec_worker_events_total{event_type="click"} 3.0' in text
+
+
+def test_gc_pauses_are_timed_per_generation() -> None:
+    registry = CollectorRegistry()
+    now = [10.0]
+    on_gc = Metrics(registry).gc_callback(clock=lambda: now[0])
+    on_gc("start", {"generation": 2})
+    now[0] = 10.122
+    on_gc("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    sample = registry.get_sample_value
+    assert sample("streamrec_worker_gc_pause_seconds_count", {"generation": "2"}) == 1
+    assert abs((sample("streamrec_worker_gc_pause_seconds_sum", {"generation": "2"}) or 0) - 0.122) < 1e-9
+    assert sample("streamrec_worker_gc_pause_seconds_bucket", {"generation": "2", "le": "0.1"}) == 0
+    assert sample("streamrec_worker_gc_pause_seconds_count", {"generation": "0"}) == 0  # exported from the start
+
+    real = Metrics(CollectorRegistry())
+    callback = real.gc_callback()
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert real.registry.get_sample_value("streamrec_worker_gc_pause_seconds_count", {"generation": "2"}) == 1
+
+
+def test_freeze_heap_leaves_the_collector_little_to_walk() -> None:
+    from stream.faust_options import freeze_heap
+
+    try:
+        frozen = freeze_heap()
+        assert frozen == gc.get_freeze_count() > 10_000  # this process has pytest, numpy, prometheus loaded
+        assert len(gc.get_objects()) < frozen // 10
+    finally:
+        gc.unfreeze()
