@@ -3,12 +3,13 @@ inputs, the profile summary and the state replay (no broker, no timing limits)."
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
 import pytest
 
-from stream.bench_pipeline import _cpu_at_common_rate, _stage_means_us, cpu_seconds
+from stream.bench_pipeline import _cpu_at_common_rate, _stage_means_us, collector_paused, cpu_seconds
 from stream.bench_state import memory_bytes, rocksdb_bytes, user_histories
 from stream.datasets import DatasetEvent, load_events
 from stream.loadgen import templates
@@ -80,3 +81,13 @@ def test_top_frames_of_collapsed_stacks(tmp_path: Path) -> None:
 def test_templates_at_the_extreme_shares(data_dir: Path, share: float) -> None:
     made = templates(_some_events(data_dir), 100, users=10, search_share=share)
     assert all((t.type == "search") == (share == 1.0) for t in made)
+
+
+def test_the_load_generator_collects_garbage_only_between_steps() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a failing step")
+    assert gc.isenabled()  # even then
