@@ -147,9 +147,7 @@ async def _replay_and_collect(settings: Settings, the_plan: Plan, rate: float) -
             topic = settings.input_topics[e.type]
             previous = last.get(e.user_id)
             if previous is not None and previous[0] != topic:
-                # Topics are consumed independently, so a user's purchase sent right after a click could be
-                # applied first (a replay packs minutes of a session into milliseconds): wait until the worker
-                # has answered the user's previous event, as the user would have seen that list first.
+                # Another topic than the user's previous event: wait for that event's list (module docstring).
                 await producer.flush()
                 await answered_to(previous[1])
             wire = Event(e.type, e.user_id, time.time(), event_id, item_id=e.item_id, query=e.query,
