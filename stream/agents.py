@@ -15,6 +15,7 @@ from stream.errors import InvalidEvent
 from stream.metrics import Metrics
 from stream.pipeline import Outcome, Recommender
 from stream.schemas import EventType, Source, dead_letter
+from stream.state_table import StateTable
 
 AgentFun = Callable[[faust.StreamT[bytes]], Coroutine[Any, Any, None]]
 PROCESSING_ERROR = "processing_error"  # the dead letter's reason when handling a record raised
@@ -72,6 +73,8 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
                 outcome = recommender.handle(event_type, message.value, message.key, source, states, trending)
             except Exception as error:  # anything: the record must not be lost (see Failures)
                 outcome = failures.outcome(event_type, error, message.value, message.key, source)
+            if isinstance(states, StateTable):  # the state written (even by a handler that raised after it)
+                await states.flush(producer, message.partition)
             started = time.perf_counter()
             ack = await producer.send(names[outcome.dead_letter], outcome.key, outcome.value, None, None, None)
             if produce_stage is not None:
@@ -134,6 +137,8 @@ def make_erasure_agent(recommender: Recommender, states: MutableMapping[str, byt
                 outcome = recommender.erase(message.value, message.key, source, states)
             except Exception as error:
                 outcome = failures.outcome("erase", error, message.value, message.key, source)
+            if isinstance(states, StateTable):  # the state's tombstone
+                await states.flush(stream.app.producer, message.partition)
             target = dead_letters if outcome.dead_letter else recommendations
             await target.send(key=outcome.key, value=outcome.value)
 

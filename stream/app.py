@@ -25,6 +25,7 @@ from stream.pipeline import Arm, Recommender, Rules
 from stream.reload import ModelReloader
 from stream.schemas import ItemRecord, ModelRelease, Source, dead_letter, decode_item, decode_release
 from stream.served_model import load_served_model
+from stream.state_table import StateTable
 from stream.topics import STATE_TABLE, TRENDING_TABLE, changelog_topic
 from stream.trending import Trending
 from stream.variants import Assignment
@@ -91,7 +92,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     datadir = settings.home / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(settings.app_id, datadir=str(datadir), **app_options(settings))
-    states = _raw_table(app, settings, STATE_TABLE)
+    states = StateTable(_raw_table(app, settings, STATE_TABLE))  # its changelog records go out from the agents
     trending = _raw_table(app, settings, TRENDING_TABLE)
 
     def raw_topic(name: str) -> faust.TopicT:

@@ -71,6 +71,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of all of a process's threads so far (``/proc/<pid>/task``):
+    each is a thread going to sleep or being put off the CPU, so per event they count its wake-ups."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status", "rb") as f:
+                total += sum(int(line.split()[1]) for line in f if b"ctxt_switches:" in line)
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy so far (``/proc/stat``: all but idle and iowait)."""
+    with open("/proc/stat", "rb") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def stage_totals(port: int) -> dict[str, list[float]]:
     """The worker's per-stage time sums and counts (``streamrec_pipeline_stage_seconds``) from its /metrics."""
     from urllib.request import urlopen
@@ -206,11 +226,14 @@ class Phase:
         """
         drained = await self.drain(DRAIN_BEFORE_S)
         with collector_paused():
-            first, cpu0 = len(self.reader.outputs), cpu_seconds(self.pid)
+            first, cpu0, switches0 = len(self.reader.outputs), cpu_seconds(self.pid), context_switches(self.pid)
+            busy0, own0, wall0 = machine_busy_seconds(), cpu_seconds(os.getpid()), time.perf_counter()
             stats = await self.sender.run(rate, seconds)
             backlog = self.sender.total - len(self.reader.outputs)
             await self.drain(DRAIN_S)
-        cpu = cpu_seconds(self.pid) - cpu0
+        cpu, switches = cpu_seconds(self.pid) - cpu0, context_switches(self.pid) - switches0
+        wall = time.perf_counter() - wall0
+        busy, own = machine_busy_seconds() - busy0, cpu_seconds(os.getpid()) - own0
         outs = self.reader.outputs[first:]
         lat = np.array([o.received - o.ts for o in outs])
         gen = np.array([o.generated - o.ts for o in outs if o.generated is not None])
@@ -221,6 +244,10 @@ class Phase:
                 "worker_lat_p50_ms": _ms(gen, 50), "worker_lat_p99_ms": _ms(gen, 99),
                 # per event handled (a consumer that fell behind handled fewer than were sent)
                 "cpu_s_per_1k_events": round(cpu / len(outs) * 1000, 4) if outs else None,
+                "context_switches_per_event": round(switches / len(outs), 2) if outs else None,
+                # cores busy during the step: the consumer under test, this load generator, the whole machine
+                # (the broker is most of the rest)
+                "cores": [round(cpu / wall, 2), round(own / wall, 2), round(busy / wall, 2)],
                 "sender_bound": stats.rate < MIN_SEND_SHARE * rate, "drained_before": drained, "passed": passed}
 
 
@@ -339,6 +366,8 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
                                  "worker_lat_p99_ms")},
         "max_sustained_rate": best["worker"],
         "worker_cpu_s_per_1k_events": fixed["cpu_s_per_1k_events"],
+        "worker_context_switches_per_event": fixed["context_switches_per_event"],
+        "cores_worker_loadgen_machine": fixed["cores"],
         "bare_faust_max_rate": faust_max,
         "bare_aiokafka_max_rate": best.get("aiokafka"),
         "ratio_vs_bare_faust": round(best["worker"] / faust_max, 3) if faust_max else None,
@@ -358,6 +387,7 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
 
 
 def _compact(steps: list[dict[str, Any]]) -> list[list[Any]]:
-    """Ramp steps as [rate, achieved, backlog, p50 ms, p99 ms, cpu s/1k, passed] rows, to keep the line short."""
+    """Ramp steps as [rate, achieved, backlog, p50 ms, p99 ms, cpu s/1k, passed, context switches per event,
+    [cores busy: consumer, load generator, machine]] rows, to keep the line short."""
     return [[s["rate"], s["send_rate_achieved"], s["backlog_at_end"], s["lat_p50_ms"], s["lat_p99_ms"],
-             s["cpu_s_per_1k_events"], s["passed"]] for s in steps]
+             s["cpu_s_per_1k_events"], s["passed"], s["context_switches_per_event"], s["cores"]] for s in steps]

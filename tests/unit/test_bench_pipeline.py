@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from stream.bench_pipeline import _cpu_at_common_rate, _stage_means_us, collector_paused, cpu_seconds
+from stream.bench_pipeline import (
+    _cpu_at_common_rate,
+    _stage_means_us,
+    collector_paused,
+    context_switches,
+    cpu_seconds,
+    machine_busy_seconds,
+)
 from stream.bench_state import memory_bytes, rocksdb_bytes, user_histories
 from stream.datasets import DatasetEvent, load_events
 from stream.loadgen import templates
@@ -53,6 +62,28 @@ def test_store_sizes_are_measured() -> None:
 
 def test_cpu_seconds_of_this_process() -> None:
     assert cpu_seconds(os.getpid()) > 0
+
+
+def test_context_switches_count_a_threads_wake_ups_and_busy_seconds_grow() -> None:
+    before, busy0 = context_switches(os.getpid()), machine_busy_seconds()
+    slept, done = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(50):
+            time.sleep(0.001)
+        slept.set()
+        done.wait()  # alive while counted: an ended thread leaves /proc/<pid>/task
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    slept.wait()
+    assert context_switches(os.getpid()) - before >= 50  # the thread slept and woke 50 times
+    done.set()
+    thread.join()
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # 50 ms of CPU in this process
+        pass
+    assert machine_busy_seconds() - busy0 >= 0.03  # the machine's clock ticks every 10 ms
 
 
 def test_stage_means_and_common_rate() -> None:
