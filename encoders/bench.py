@@ -62,8 +62,9 @@ def _row(model: str, impl: str, batch: int, user_events: int, cpu: float, wall: 
 def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: int = N_ITEMS,
                     seed: int = 0) -> list[dict[str, Any]]:
     """Per user-event cost of step + query: numpy at batch 1 (one call per event) and at ``batch`` (one call
-    stepping ``batch`` users, repeated over the events), and torch's ``RecurrentModel.step`` at batch 1
-    (recurrent models only)."""
+    stepping ``batch`` users, repeated over the events), and, for recurrent models only, the worker's step of
+    an event without text at batch 1 (tabled input gates, all events taken as text-free) and torch's
+    ``RecurrentModel.step`` at batch 1."""
     torch.manual_seed(seed)
     model = build_model(cell, n_items).eval()
     fast = NumpySasrecStep(model) if isinstance(model, SasrecModel) else NumpyRecurrentStep(model)
@@ -89,6 +90,15 @@ def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: in
         for b_rows, b_types, b_tokens in batches[:count]:
             fast.query(fast.step(states, b_rows, b_types, b_tokens))
 
+    plain = [(int(r), int(t)) for r, t in zip(rows.tolist(), types.tolist(), strict=True)]
+
+    def numpy_tabled(count: int) -> None:  # the worker's step for an event without text (clicks, purchases)
+        assert isinstance(fast, NumpyRecurrentStep)
+        state = np.zeros(fast.state_size, dtype=np.float32)
+        for row, type_id in plain[:count]:
+            state = fast.step_plain(state, row, type_id)
+            fast.query(state[None])
+
     items_t, types_t, tokens_t = torch.from_numpy(rows), torch.from_numpy(types), torch.from_numpy(tokens)
 
     def torch_single(count: int) -> None:
@@ -103,6 +113,7 @@ def bench_recurrent(cell: str, inputs: StepInputs, batch: int = 256, n_items: in
     runs: list[tuple[str, int, Callable[[int], None], int]] = [
         ("numpy", 1, numpy_single, n), ("numpy", batch, numpy_batched, calls)]
     if isinstance(model, RecurrentModel):
+        runs.append(("numpy_tabled_gates", 1, numpy_tabled, n))
         runs.append(("torch", 1, torch_single, n))
     for impl, size, run, count in runs:
         run(min(count, 10))  # warm-up: first-call allocations and lazy initialisation are not the steady state

@@ -70,6 +70,8 @@ class UserEncoder:
         """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step
         with the type alone)."""
         row = self._rows.get(item_id, 0) if item_id is not None else 0
+        if text is None and isinstance(self._step, NumpyRecurrentStep):
+            return self._step.step_plain(state, row, TYPE_IDS[event_type])
         tokens = self._no_text if text is None else text[:self._max_tokens].astype(np.int64)
         rows, types = np.array([row]), np.array([TYPE_IDS[event_type]])
         if self._text is not None and text is not None:

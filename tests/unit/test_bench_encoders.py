@@ -19,7 +19,8 @@ def test_bench_recurrent_rows(cell: str, data_dir: Path) -> None:
     inputs = StepInputs(events, RecurrentConfig(n_items=100))
     assert len(inputs) == 40 and inputs.tokens.shape == (40, 8)
     rows = bench_recurrent(cell, inputs, batch=16, n_items=100)
-    torch_row = [] if cell == "sasrec" else [("torch", 1, 40)]  # SASRec is served by numpy only
+    # SASRec is served by numpy only; a recurrent model's text-free events step from tabled input gates
+    torch_row = [] if cell == "sasrec" else [("numpy_tabled_gates", 1, 40), ("torch", 1, 40)]
     assert [(r["impl"], r["batch"], r["events"]) for r in rows] == [("numpy", 1, 40), ("numpy", 16, 48),
                                                                     *torch_row]
     for r in rows:
@@ -35,8 +36,8 @@ def test_cli_prints_one_json_line_per_measurement(data_dir: Path, capsys: pytest
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert all(r["bench"] == "encoders" for r in rows)
     recurrent = [(r["model"], r["impl"], r["batch"]) for r in rows if r["model"] != "text"]
-    assert recurrent == [(m, impl, b) for m in ("gru", "lstm") for impl, b in (("numpy", 1), ("numpy", 8),
-                                                                                ("torch", 1))] + [
+    assert recurrent == [(m, impl, b) for m in ("gru", "lstm") for impl, b in (
+        ("numpy", 1), ("numpy", 8), ("numpy_tabled_gates", 1), ("torch", 1))] + [
         ("sasrec", "numpy", 1), ("sasrec", "numpy", 8)]
     text = {r["mode"]: r for r in rows if r["model"] == "text"}
     assert list(text) == ["load", "batched", "single_uncached", "single_cached"]
