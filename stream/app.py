@@ -18,7 +18,7 @@ from stream.agents import AgentFun, make_agent, make_erasure_agent
 from stream.catalog import Catalog
 from stream.config import Settings
 from stream.errors import ArtifactError, ConfigError, InvalidEvent
-from stream.faust_options import app_options
+from stream.faust_options import new_app
 from stream.follow import follow
 from stream.metrics import Metrics
 from stream.pipeline import Arm, Recommender, Rules
@@ -89,9 +89,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     for event_type in [*settings.input_topics, "erase"]:  # at 0 from the start, so the first error counts
         metrics.processing_errors.labels(event_type=event_type)
     recommender = build_recommender(settings, metrics)
-    datadir = settings.home / "faust" / settings.app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(settings.app_id, datadir=str(datadir), **app_options(settings))
+    app = new_app(settings)
     states = StateTable(_raw_table(app, settings, STATE_TABLE))  # its changelog records go out from the agents
     trending = _raw_table(app, settings, TRENDING_TABLE)
 

@@ -38,11 +38,9 @@ def run_faust(settings: Settings) -> None:
     import faust
 
     from stream.agents import make_agent
-    from stream.faust_options import app_options, freeze_heap
+    from stream.faust_options import freeze_heap, new_app
 
-    datadir = settings.home / "faust" / settings.app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(settings.app_id, datadir=str(datadir), **app_options(settings))
+    app = new_app(settings)
 
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

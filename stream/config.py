@@ -107,6 +107,9 @@ class Settings:
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
+    # Longest a fetch waits at the broker for data (Faust's own is 1,500 ms): a fetch of idle partitions
+    # held that long stalls the busy ones behind it (stream/faust_fetch.py).
+    fetch_max_wait_ms: int = 20
     max_event_bytes: int = 64 * 1024  # larger input records are dead-lettered unparsed
     max_future_skew_s: float = 86_400.0  # events stamped further in the future are invalid
     latency_slo_s: float = 0.05  # event-to-recommendation p99 objective; exported for the alert rule
@@ -158,6 +161,7 @@ class Settings:
         _require("hnsw_ef", self.hnsw_ef, self.top_k, 100_000)
         _require("metrics_port", self.metrics_port, 0, 65535)
         _require("torch_threads", self.torch_threads, 1, 256)
+        _require("fetch_max_wait_ms", self.fetch_max_wait_ms, 1, 30_000)
         _require("max_event_bytes", self.max_event_bytes, 64, 64 * 1024 * 1024)
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError("security_protocol", "expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, "

@@ -7,10 +7,13 @@ the worker's consumer and producer settings.
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.config import Settings
 from stream.kafka_clients import faust_credentials
+
+if TYPE_CHECKING:
+    import faust
 
 
 def app_options(settings: Settings) -> dict[str, Any]:
@@ -29,6 +32,20 @@ def app_options(settings: Settings) -> dict[str, Any]:
         "stream_wait_empty": False,
         "broker_credentials": faust_credentials(settings),
     }
+
+
+def new_app(settings: Settings) -> faust.App:
+    """The ``faust.App`` of a streamrec process: the options above, its data folder under ``home``, and the
+    transport whose consumer waits at most ``fetch_max_wait_ms`` per fetch (stream/faust_fetch.py)."""
+    import faust
+
+    from stream.faust_fetch import use_fetch_wait
+
+    datadir = settings.home / "faust" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(settings.app_id, datadir=str(datadir), **app_options(settings))
+    use_fetch_wait(app, settings.fetch_max_wait_ms)
+    return app
 
 
 def freeze_heap() -> int:
