@@ -24,6 +24,8 @@ class UserEncoder:
     def __init__(self, artifact: ModelArtifact) -> None:
         model = artifact.model.eval()
         self._step = NumpySasrecStep(model) if isinstance(model, SasrecModel) else NumpyRecurrentStep(model)
+        # A recurrent model steps an event without text from its tabled input gates (decided once, not per event).
+        self._plain_step = self._step.step_plain if isinstance(self._step, NumpyRecurrentStep) else None
         self._repeat = NumpyRepeatHead(model.repeat) if model.repeat is not None else None
         self._ranker = NumpyRanker(model.ranker, model.config.ranker_candidates) \
             if model.ranker is not None and self._repeat is not None else None
@@ -70,8 +72,8 @@ class UserEncoder:
         """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step
         with the type alone)."""
         row = self._rows.get(item_id, 0) if item_id is not None else 0
-        if text is None and isinstance(self._step, NumpyRecurrentStep):
-            return self._step.step_plain(state, row, TYPE_IDS[event_type])
+        if text is None and self._plain_step is not None:
+            return self._plain_step(state, row, TYPE_IDS[event_type])
         tokens = self._no_text if text is None else text[:self._max_tokens].astype(np.int64)
         rows, types = np.array([row]), np.array([TYPE_IDS[event_type]])
         if self._text is not None and text is not None:
