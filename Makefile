@@ -29,6 +29,7 @@ chaos: install
 lint: install
 	$(VENV)/bin/ruff check stream encoders index tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	-$(VENV)/bin/streamrec broker stop

@@ -20,7 +20,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from encoders.models import MODELS, SequenceModel, model_from_config
+from encoders.models.registry import MODELS, SequenceModel, model_from_config
 from stream.errors import ArtifactError
 
 FORMAT_VERSION = 1

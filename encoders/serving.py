@@ -1,7 +1,7 @@
 """The serving face of a trained model: numpy in, numpy out, one event at a time.
 
-The worker never calls torch: the model's weights are copied into a numpy step (encoders/gru.py,
-encoders/transformer.py), and this adapter owns the id -> row map, the query tokeniser and the repeat head
+The worker never calls torch: the model's weights are copied into a numpy step (encoders/models/gru.py,
+encoders/models/transformer.py), and this adapter owns the id -> row map, the query tokeniser and the repeat head
 (the same numpy code that scores the offline evaluation), so the data path stays model-agnostic.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from encoders.artifact import ModelArtifact
-from encoders.events import TYPE_IDS, query_tokens
-from encoders.gru import NumpyRecurrentStep
-from encoders.ranker import NumpyRanker, session_scores
-from encoders.repeat import NumpyRepeatHead
+from encoders.models.gru import NumpyRecurrentStep
+from encoders.models.inputs import TYPE_IDS, query_tokens
+from encoders.models.ranker import NumpyRanker, session_scores
+from encoders.models.session_head import NumpyRepeatHead
+from encoders.models.transformer import NumpySasrecStep, SasrecModel
 from encoders.text import TextEncoder
-from encoders.transformer import NumpySasrecStep, SasrecModel
 
 
 class UserEncoder:
@@ -108,7 +108,7 @@ class UserEncoder:
                 limit: int | None = None) -> list[tuple[str, float]]:
         """The index's candidates (item, inner product) with the user's recent items and their neighbours
         added and every score replaced by the model's final one (inner product, session head bonus, re-ranker),
-        exactly as the offline evaluation scores them (encoders/ranker.py ``session_scores``). Unchanged for a
+        exactly as the offline evaluation scores them (encoders/models/ranker.py ``session_scores``). Unchanged for a
         model without a session head. Items the model has no row for (new catalog items known by their text)
         keep their inner product, below the re-ordered candidates when there is a re-ranker. Without a
         re-ranker only the items with a bonus are rescored (the index's inner product stands for the rest: 20-30

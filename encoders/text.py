@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional
 
 from encoders.text_numpy import NumpyBert
-from stream.errors import ArtifactError
+from stream.errors import ArtifactError, ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -79,7 +79,7 @@ class TextEncoder:
         """
         for name, value in (("batch_size", batch_size), ("max_length", max_length), ("cache_size", cache_size)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ConfigError(name, f"must be >= 1, got {value}")
         self.folder = model_dir() if folder is None else folder
         check_model_dir(self.folder)
         self.batch_size = batch_size
@@ -102,7 +102,7 @@ class TextEncoder:
             raise ArtifactError(f"text model in {self.folder} has hidden size {hidden}, expected {DIM}")
         self._numpy = NumpyBert(self._model)  # single queries: the same forward without torch's overhead
         # LRU of encode_one: dict order is least recently used first; a lock, since a worker may warm it from a
-        # thread (stream/agents.py) while the event loop reads it.
+        # thread (stream/kafka/agents.py) while the event loop reads it.
         self._cache: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
         self._hits = self._misses = 0

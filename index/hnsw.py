@@ -17,6 +17,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from stream.errors import SearchError
+
 # Up to this many excluded items, over-fetch k + excluded; above it, over-fetch OVERFETCH x k and fall back to a
 # filter callable when too few allowed items come back.
 FILTER_THRESHOLD = 100
@@ -123,7 +125,7 @@ class HnswIndex:
                 return labels, distances
             except RuntimeError:  # "Cannot return the results in a contiguous 2D array": too few found
                 continue
-        raise RuntimeError(f"HNSW search found fewer than {k} allowed items among {live}")
+        raise SearchError(f"HNSW search found fewer than {k} allowed items among {live}")
 
     def save(self, path: Path) -> None:
         """Write index.bin and meta.json (parameters and the id map) into the folder."""

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stream.cli_bench import add_bench_parser, run_bench_command
+from stream.bench.commands import add_bench_parser, run_bench_command
 from stream.config import Settings, load_settings
 from stream.errors import StreamrecError
 
@@ -136,7 +136,7 @@ def _settings(args: argparse.Namespace, **more: Any) -> Settings:
 
 
 def _broker(settings: Settings, action: str, nodes: int) -> int:
-    from stream.broker import local_kafka
+    from stream.local.broker import local_kafka
 
     kafka = local_kafka(settings, nodes)
     if action == "start":
@@ -174,8 +174,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     import torch
 
     from encoders.artifact import save_artifact
-    from encoders.training import TrainConfig, train
-    from stream.datasets import item_texts, load_events
+    from encoders.training.train import TrainConfig, train
+    from stream.tools.datasets import item_texts, load_events
 
     torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, searches=args.searches,
@@ -200,9 +200,9 @@ def _worker(settings: Settings) -> int:
     import faust
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from stream.app import create_app
-    from stream.faust_options import freeze_heap
-    from stream.topics import ensure_topics
+    from stream.kafka.app import create_app
+    from stream.kafka.faust_options import freeze_heap
+    from stream.kafka.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings, timeout_s=None))  # a worker waits for Kafka rather than crash-looping
     registry = CollectorRegistry()
@@ -219,8 +219,8 @@ def _worker(settings: Settings) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from stream.datasets import load_events
-    from stream.replay import replay
+    from stream.tools.datasets import load_events
+    from stream.tools.replay import replay
 
     events = islice(load_events(args.dataset, settings.data_dir), args.skip, None)
     stats = asyncio.run(replay(settings, events, args.rate, args.limit))
@@ -229,9 +229,9 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _items(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.datasets import load_catalog
-    from stream.publish import publish_items
-    from stream.schemas import ItemRecord
+    from stream.core.schemas import ItemRecord
+    from stream.kafka.publish import publish_items
+    from stream.tools.datasets import load_catalog
 
     if args.items_action == "load":
         records = load_catalog(args.dataset, settings.data_dir)
@@ -246,7 +246,7 @@ def _items(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _tail(settings: Settings, user: str | None, from_beginning: bool, idle: float | None) -> None:
-    from stream.consume import RecommendationReader
+    from stream.kafka.consume import RecommendationReader
 
     reader = RecommendationReader(settings, from_beginning=from_beginning)
     await reader.start()
@@ -266,8 +266,8 @@ async def _forget(settings: Settings, user_id: str) -> int:
 
     from aiokafka import AIOKafkaProducer
 
-    from stream.kafka_clients import client_options
-    from stream.schemas import Erasure
+    from stream.core.schemas import Erasure
+    from stream.kafka.clients import client_options
 
     producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
@@ -293,26 +293,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "broker":
             return _broker(settings, args.action, args.nodes)
         if args.command == "topics":
-            from stream.topics import ensure_topics
+            from stream.kafka.topics import ensure_topics
 
             print(json.dumps(asyncio.run(ensure_topics(settings))))
             return 0
         if args.command == "train":
             return _train(settings, args)
         if args.command == "evaluate":
-            from encoders.report import evaluate_artifacts
+            from stream.tools.report import evaluate_artifacts
 
             table = evaluate_artifacts(args.artifacts, settings.data_dir, args.out, max_events=args.max_events)
             print(json.dumps({"out": str(args.out), "metrics": table}))
             if args.diversity:
-                from encoders.diversity_report import write_diversity_report
+                from stream.tools.diversity_report import write_diversity_report
 
                 strengths = [float(x) for x in args.diversity.split(",")]
                 for path in args.artifacts:
                     print(json.dumps({"diversity": write_diversity_report(path, settings.data_dir, strengths, args.out,
                                                                           max_events=args.max_events)}))
             if args.online:
-                from stream.online_eval import evaluate_online, write_online_report
+                from stream.tools.online_eval import evaluate_online, write_online_report
 
                 runs = [evaluate_online(settings, path, rate=args.rate, max_events=args.max_events)
                         for path in args.artifacts]
@@ -323,12 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return _replay(settings, args)
         if args.command == "audit":
-            from stream.audit import audit
+            from stream.tools.audit import audit
 
             print(json.dumps(asyncio.run(audit(settings, since=args.since)).summary()))
             return 0
         if args.command == "publish":
-            from stream.publish import publish_model
+            from stream.kafka.publish import publish_model
 
             release = asyncio.run(publish_model(settings, args.artifact, variant=args.variant))
             print(json.dumps({"published": release.version, "variant": release.variant, "path": release.path,
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "bench":
             return run_bench_command(settings, args)
-        from stream.demo import run_demo
+        from stream.tools.demo import run_demo
 
         return run_demo(settings, events=args.events, rate=args.rate, users=args.users)
     except StreamrecError as exc:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stream.core.schemas import EventType
+from stream.core.variants import VariantSpec, parse_variants
 from stream.errors import ConfigError
-from stream.schemas import EventType
-from stream.variants import VariantSpec, parse_variants
 
 ENV_PREFIX = "STREAMREC_"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -69,14 +69,14 @@ class Settings:
     history_size: int = 50  # recent items kept per user (exclusion window, explanations later)
     max_purchased: int = 500  # purchased items remembered per user for the never-again filter
 
-    # Filters (stream/rerank.py). Purchased items are always excluded, and so are catalog items marked
+    # Filters (stream/core/rerank.py). Purchased items are always excluded, and so are catalog items marked
     # available=false. Categories come from the `items` topic; with an allow list, items without a known
     # category are left out too.
     exclude_viewed_last_n: int = 0  # also exclude the items of the user's last N clicks (0 = off)
     category_allow: str = ""  # comma-separated categories that may be recommended (empty = all)
     category_deny: str = ""  # comma-separated categories never recommended
 
-    # A/B variants as JSON (see stream/variants.py); empty = one variant, "default". A user's variant is a
+    # A/B variants as JSON (see stream/core/variants.py); empty = one variant, "default". A user's variant is a
     # hash of experiment_salt and the user id: stable across workers and restarts.
     variants: str = ""
     experiment_salt: str = "streamrec"
@@ -108,7 +108,7 @@ class Settings:
     rebalance_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     # Longest a fetch waits at the broker for data (Faust's own is 1,500 ms): a fetch of idle partitions
-    # held that long stalls the busy ones behind it (stream/faust_fetch.py).
+    # held that long stalls the busy ones behind it (stream/kafka/faust_fetch.py).
     fetch_max_wait_ms: int = 20
     max_event_bytes: int = 64 * 1024  # larger input records are dead-lettered unparsed
     max_future_skew_s: float = 86_400.0  # events stamped further in the future are invalid

@@ -4,6 +4,10 @@
     ├── ConfigError                a setting is invalid; names the setting and why
     ├── InvalidEvent               an input record failed decoding or validation; carries a short reason code
     ├── ArtifactError              a model artifact is missing, incomplete or corrupt
+    ├── StateError                 a stored user state is foreign or corrupt
+    ├── TrainingError              the training data cannot train or fit what was asked
+    ├── SearchError                the index cannot return as many allowed items as asked
+    ├── ProcessError               a child process (worker, baseline, profiler) exited or never answered
     └── BrokerError                the local Kafka could not be resolved, started or reached
 
 Invalid events never escape the worker: they are counted and sent to the dead-letter topic.
@@ -39,6 +43,22 @@ class InvalidEvent(StreamrecError):
 
 class ArtifactError(StreamrecError):
     """A model artifact is missing, incomplete or corrupt."""
+
+
+class StateError(StreamrecError):
+    """A stored user state is foreign or corrupt."""
+
+
+class TrainingError(StreamrecError):
+    """The training data cannot train or fit what was asked (no training windows, no usable target)."""
+
+
+class SearchError(StreamrecError):
+    """The index cannot return as many allowed items as asked."""
+
+
+class ProcessError(StreamrecError):
+    """A child process (a worker, a baseline, the profiler) exited or did not answer in time."""
 
 
 class BrokerError(StreamrecError):

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 from encoders.artifact import save_artifact
-from encoders.training import TrainConfig, train
-from stream.datasets import load_events
+from encoders.training.train import TrainConfig, train
+from stream.tools.datasets import load_events
 
 
 def small_artifact(dataset: str, data_dir: Path, folder: Path) -> Path:

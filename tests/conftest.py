@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry
 
 from encoders.artifact import ModelArtifact, load_artifact
 from encoders.serving import UserEncoder
 from index.brute import BruteForceIndex
-from stream.metrics import Metrics
-from stream.pipeline import Recommender, Rules
+from stream.core.pipeline import Recommender, Rules
 from tests.artifacts import small_artifact
+from tests.recommenders import single_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -47,4 +46,4 @@ def recommender(artifact: ModelArtifact) -> Recommender:
     encoder = UserEncoder(artifact)
     index = BruteForceIndex(encoder.dim)
     index.add(encoder.item_ids, encoder.item_vectors())
-    return Recommender(encoder, index, Rules(top_k=10), Metrics(CollectorRegistry()), clock=lambda: 1_700_000_000.0)
+    return single_model(encoder, index, Rules(top_k=10), clock=lambda: 1_700_000_000.0)

@@ -7,8 +7,8 @@ import time
 from aiokafka import AIOKafkaProducer
 
 from stream.config import Settings
-from stream.consume import RecommendationReader
-from stream.schemas import Event, Recommendation
+from stream.core.schemas import Event, Recommendation
+from stream.kafka.consume import RecommendationReader
 
 
 async def send(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) -> None:

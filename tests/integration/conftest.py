@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import LocalKafka, free_port
-from stream.broker_config import BrokerNode
 from stream.config import Settings
-from stream.kafka_jars import KafkaJars
-from stream.topics import ensure_topics
+from stream.kafka.topics import ensure_topics
+from stream.local.broker import LocalKafka, free_port
+from stream.local.broker_config import BrokerNode
+from stream.local.kafka_jars import KafkaJars
 
 REPO = Path(__file__).resolve().parents[2]
 JARS = Path(os.environ.get("STREAMREC_JARS_DIR", REPO / ".streamrec" / "kafka-jars"))

@@ -10,11 +10,11 @@ import urllib.request
 from pathlib import Path
 
 from stream.config import Settings
-from stream.consume import RecommendationReader, wait_until_serving
-from stream.processes import start_worker, stop_worker
-from stream.publish import publish_model
-from stream.schemas import Recommendation
-from stream.variants import Assignment
+from stream.core.schemas import Recommendation
+from stream.core.variants import Assignment
+from stream.kafka.consume import RecommendationReader, wait_until_serving
+from stream.kafka.publish import publish_model
+from stream.local.processes import start_worker, stop_worker
 from tests.artifacts import copy_artifact
 from tests.streaming import click, collect, send
 

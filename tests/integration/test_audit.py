@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from stream.audit import audit
 from stream.config import Settings
-from stream.consume import wait_until_serving
-from stream.datasets import load_events
-from stream.processes import start_worker, stop_worker
-from stream.replay import replay
-from stream.schemas import Event
+from stream.core.schemas import Event
+from stream.kafka.consume import wait_until_serving
+from stream.local.processes import start_worker, stop_worker
+from stream.tools.audit import audit
+from stream.tools.datasets import load_events
+from stream.tools.replay import replay
 from tests.streaming import send
 
 

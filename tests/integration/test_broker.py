@@ -11,9 +11,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.broker import LocalKafka, free_port
-from stream.broker_config import BrokerNode
-from stream.kafka_jars import KafkaJars
+from stream.local.broker import LocalKafka, free_port
+from stream.local.broker_config import BrokerNode
+from stream.local.kafka_jars import KafkaJars
 
 JARS_DIR = Path(os.environ.get("STREAMREC_JARS_DIR", Path(__file__).resolve().parents[2] / ".streamrec" / "kafka-jars"))
 TOPIC = "it-broker-roundtrip"
@@ -77,9 +77,9 @@ def test_local_kafka_round_trip(tmp_path: Path) -> None:
 def test_a_worker_started_before_kafka_waits_for_it_then_serves(tmp_path: Path, artifact_dir: Path,
                                                                   data_dir: Path) -> None:
     from stream.config import Settings
-    from stream.consume import wait_until_serving
-    from stream.processes import start_worker, stop_worker
-    from stream.topics import ensure_topics
+    from stream.kafka.consume import wait_until_serving
+    from stream.kafka.topics import ensure_topics
+    from stream.local.processes import start_worker, stop_worker
 
     port = free_port()
     settings = Settings(bootstrap_servers=f"127.0.0.1:{port}", app_id="early-worker", home=tmp_path / "home",

@@ -13,13 +13,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from encoders.artifact import load_artifact
-from stream.broker import free_port
 from stream.config import Settings
-from stream.consume import RecommendationReader, wait_until_serving
-from stream.datasets import load_events
-from stream.processes import start_worker, stop_worker
-from stream.publish import publish_items, publish_model
-from stream.schemas import Event, ItemRecord, Recommendation
+from stream.core.schemas import Event, ItemRecord, Recommendation
+from stream.kafka.consume import RecommendationReader, wait_until_serving
+from stream.kafka.publish import publish_items, publish_model
+from stream.local.broker import free_port
+from stream.local.processes import start_worker, stop_worker
+from stream.tools.datasets import load_events
 from tests.artifacts import copy_artifact
 from tests.streaming import click, collect, send
 

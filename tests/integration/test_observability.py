@@ -18,13 +18,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream.broker import free_port
 from stream.config import Settings
-from stream.consume import wait_until_serving
-from stream.datasets import load_events
-from stream.processes import start_worker, stop_worker
-from stream.replay import replay
-from stream.schemas import Event
+from stream.core.schemas import Event
+from stream.kafka.consume import wait_until_serving
+from stream.local.broker import free_port
+from stream.local.processes import start_worker, stop_worker
+from stream.tools.datasets import load_events
+from stream.tools.replay import replay
 from tests.artifacts import small_artifact
 from tests.integration.test_deploy import ALERTS
 

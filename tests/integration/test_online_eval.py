@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from encoders.artifact import load_artifact
-from encoders.evaluation import model_scorer
-from encoders.report import artifact_sequences
+from encoders.training.evaluation import model_scorer
 from stream.config import Settings
-from stream.online_eval import LIST_SIZE, run_online, score
+from stream.tools.online_eval import LIST_SIZE, run_online, score
+from stream.tools.report import artifact_sequences
 
 TARGETS = 400
 

@@ -9,12 +9,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from stream.broker import LocalKafka
 from stream.config import Settings
-from stream.consume import wait_until_serving
-from stream.kafka_clients import client_options
-from stream.processes import start_worker, stop_worker
-from stream.topics import ensure_topics
+from stream.kafka.clients import client_options
+from stream.kafka.consume import wait_until_serving
+from stream.kafka.topics import ensure_topics
+from stream.local.broker import LocalKafka
+from stream.local.processes import start_worker, stop_worker
 from tests.integration.conftest import SASL_PASSWORD
 
 

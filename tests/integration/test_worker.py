@@ -16,10 +16,11 @@ from encoders.artifact import load_artifact
 from encoders.serving import UserEncoder
 from index.hnsw import HnswIndex
 from stream.config import Settings
-from stream.consume import RecommendationReader, wait_until_serving
-from stream.pipeline import Recommender, Rules
-from stream.processes import start_worker, stop_worker
-from stream.schemas import Event, Recommendation, Source
+from stream.core.schemas import Event, Recommendation, Source
+from stream.kafka.consume import RecommendationReader, wait_until_serving
+from stream.kafka.loading import rules_for
+from stream.local.processes import start_worker, stop_worker
+from tests.recommenders import single_model
 from tests.streaming import click, collect, send
 
 
@@ -147,11 +148,11 @@ def test_state_survives_a_worker_restart(settings: Settings, store: str) -> None
     index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                       ef=settings.hnsw_ef, capacity=len(items))
     index.add(encoder.item_ids, encoder.item_vectors())
-    reference = Recommender(encoder, index, Rules.from_settings(settings))
+    reference = single_model(encoder, index, rules_for(settings))
     states: dict[str, bytes] = {}
     for n, (kind, item) in enumerate([*history, ("click", items[34])]):
         wire = Event(kind, user, time.time(), f"ref-{n}", item_id=item).to_json()  # type: ignore[arg-type]
-        out = reference.handle(kind, wire, user.encode(), Source("ref", 0, n), states)  # type: ignore[arg-type]
+        out = reference.process(kind, wire, user.encode(), Source("ref", 0, n), states)  # type: ignore[arg-type]
     assert out.recommendation is not None
     expected = [i.item_id for i in out.recommendation.items]
     assert [i.item_id for i in after.items] == expected
@@ -159,8 +160,8 @@ def test_state_survives_a_worker_restart(settings: Settings, store: str) -> None
 
 
 def test_erasure_removes_the_state_and_tombstones_the_list(settings: Settings, worker: None) -> None:
-    from stream.schemas import Erasure
-    from stream.topics import STATE_TABLE, changelog_topic
+    from stream.core.schemas import Erasure
+    from stream.kafka.topics import STATE_TABLE, changelog_topic
 
     assert settings.model_path is not None
     artifact = load_artifact(settings.model_path)
@@ -203,7 +204,7 @@ def test_erasure_removes_the_state_and_tombstones_the_list(settings: Settings, w
     index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                       ef=settings.hnsw_ef, capacity=len(items))
     index.add(encoder.item_ids, encoder.item_vectors())
-    fresh = Recommender(encoder, index, Rules.from_settings(settings)).handle(
+    fresh = single_model(encoder, index, rules_for(settings)).process(
         "click", click(user, items[7], "ref"), user.encode(), Source("ref", 0, 0), {})
     assert fresh.recommendation is not None
     assert [i.item_id for i in after.items] == [i.item_id for i in fresh.recommendation.items]  # state started over
@@ -211,7 +212,7 @@ def test_erasure_removes_the_state_and_tombstones_the_list(settings: Settings, w
 
 def test_impossible_topic_settings_fail_with_a_clear_message(settings: Settings) -> None:
     from stream.errors import BrokerError
-    from stream.topics import ensure_topics
+    from stream.kafka.topics import ensure_topics
 
     bad = settings.replace(topic_clicks=settings.topic_clicks + "-rf3", replication_factor=3)
     with pytest.raises(BrokerError, match="replication"):
@@ -224,8 +225,8 @@ def test_the_worker_topics_exist_compacted_before_any_worker_starts(settings: Se
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from stream.kafka_clients import client_options
-    from stream.topics import STATE_TABLE, TRENDING_TABLE, changelog_topic, ensure_topics, leader_topic
+    from stream.kafka.clients import client_options
+    from stream.kafka.topics import STATE_TABLE, TRENDING_TABLE, changelog_topic, ensure_topics, leader_topic
 
     found = asyncio.run(ensure_topics(settings))  # the fixture created them already: this only checks
     changelogs = [changelog_topic(settings, table) for table in (STATE_TABLE, TRENDING_TABLE)]

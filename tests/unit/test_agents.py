@@ -1,4 +1,4 @@
-"""The agent loop (stream/agents.py) around the data path: a record whose handling raises is dead-lettered with
+"""The agent loop (stream/kafka/agents.py) around the data path: a record whose handling raises is dead-lettered with
 its bytes and the exception, counted, and the agent goes on. The seam faked here is Faust's stream and
 producer (what the agent reads and sends); the handler is the benchmark's real decode-and-forward one."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -16,11 +16,11 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream.agents import PROCESSING_ERROR, Failures, make_agent
-from stream.bench_bare import Forward
-from stream.metrics import Metrics
-from stream.pipeline import Outcome
-from stream.schemas import EventType, Source
+from stream.bench.bare import Forward
+from stream.core.metrics import Metrics
+from stream.core.pipeline import Outcome
+from stream.core.schemas import Event, EventType, Source
+from stream.kafka.agents import PROCESSING_ERROR, Failures, make_agent
 
 
 @dataclass
@@ -75,11 +75,10 @@ class _Topic:
 class _Breaks(Forward):
     """Forwards every record but one, on which it raises as a bug would."""
 
-    def handle(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source,
-               states: MutableMapping[str, bytes], trending: MutableMapping[str, bytes] | None = None) -> Outcome:
+    def validate(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source) -> Event | Outcome:
         if source.offset == 1:
             raise KeyError("trending")
-        return super().handle(event_type, raw, key, source, states, trending)
+        return super().validate(event_type, raw, key, source)
 
 
 def test_a_record_whose_handling_raises_is_dead_lettered_and_the_agent_goes_on() -> None:
@@ -109,7 +108,7 @@ def test_a_failure_on_every_event_logs_one_traceback_then_a_line_a_minute(caplog
     now = [0.0]
     registry = CollectorRegistry()
     failures = Failures(Metrics(registry), clock=lambda: now[0])
-    with caplog.at_level(logging.ERROR, logger="stream.agents"):
+    with caplog.at_level(logging.ERROR, logger="stream.kafka.agents"):
         for n, t in enumerate([0.0, 1.0, 30.0, 61.0, 62.0]):
             now[0] = t
             outcome = failures.outcome("click", ValueError("bad"), b"{}", b"u", Source("clicks", 0, n))

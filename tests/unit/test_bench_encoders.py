@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from encoders.bench import StepInputs, bench_recurrent
-from encoders.gru import RecurrentConfig
+from encoders.models.gru import RecurrentConfig
+from stream.bench.encoders import StepInputs, bench_recurrent
 from stream.cli import main
-from stream.datasets import load_events
+from stream.tools.datasets import load_events
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "sasrec"])

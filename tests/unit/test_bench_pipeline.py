@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.bench_pipeline import (
+from encoders.training.events import DatasetEvent
+from stream.bench.loadgen import templates
+from stream.bench.pipeline import (
     _cpu_at_common_rate,
     _stage_means_us,
     collector_paused,
@@ -19,11 +21,10 @@ from stream.bench_pipeline import (
     cpu_seconds,
     machine_busy_seconds,
 )
-from stream.bench_state import memory_bytes, rocksdb_bytes, user_histories
-from stream.datasets import DatasetEvent, load_events
-from stream.loadgen import templates
-from stream.profiling import top_frames
-from stream.schemas import Source, decode_event
+from stream.bench.profiling import top_frames
+from stream.bench.state import memory_bytes, rocksdb_bytes, user_histories
+from stream.core.schemas import Source, decode_event
+from stream.tools.datasets import load_events
 
 
 def _some_events(data_dir: Path) -> list[DatasetEvent]:

@@ -9,13 +9,14 @@ import pytest
 from encoders.artifact import ModelArtifact
 from encoders.serving import UserEncoder
 from index.brute import BruteForceIndex
+from stream.core.indexed_model import IndexedModel
+from stream.core.pipeline import Outcome, Recommender, Rules
+from stream.core.rerank import Filters, blend, rerank
+from stream.core.schemas import ItemRecord, RecommendedItem, Source, decode_item, decode_release
+from stream.core.state import UserState
+from stream.core.trending import Trending
 from stream.errors import InvalidEvent
-from stream.pipeline import Outcome, Recommender, Rules
-from stream.rerank import Filters, blend, rerank
-from stream.schemas import ItemRecord, RecommendedItem, Source, decode_item, decode_release
-from stream.served_model import ServedModel
-from stream.state import UserState
-from stream.trending import Trending
+from tests.recommenders import single_model
 
 NOW = 1_700_000_000.0
 
@@ -36,7 +37,7 @@ def make(artifact: ModelArtifact, rules: Rules, encoder_cls: type[UserEncoder] =
     encoder = encoder_cls(artifact)
     index = BruteForceIndex(encoder.dim)
     index.add(encoder.item_ids, encoder.item_vectors())
-    return Recommender(encoder, index, rules, clock=lambda: NOW, trending=Trending(3600.0))
+    return single_model(encoder, index, rules, clock=lambda: NOW, trending=Trending(3600.0))
 
 
 def items_of(out: Outcome) -> list[str]:
@@ -64,26 +65,26 @@ def test_item_records_decode_and_reject() -> None:
 def test_unavailable_and_deleted_items_leave_every_list(artifact: ModelArtifact) -> None:
     rec = make(artifact, Rules(top_k=10))
     states: dict[str, bytes] = {}
-    first = items_of(rec.handle("click", *reversed(event("u1", rec.encoder.item_ids[0], 0)),
+    first = items_of(rec.process("click", *reversed(event("u1", rec.served.encoder.item_ids[0], 0)),
                                 source=Source("clicks", 0, 0), states=states))
     rec.apply_items([ItemRecord(first[0], available=False), ItemRecord(first[1], deleted=True)])
-    second = items_of(rec.handle("click", *reversed(event("u1", rec.encoder.item_ids[1], 1)),
+    second = items_of(rec.process("click", *reversed(event("u1", rec.served.encoder.item_ids[1], 1)),
                                  source=Source("clicks", 0, 1), states=states))
     assert first[0] not in second and first[1] not in second and len(second) == 10
     rec.apply_items([ItemRecord(first[0], available=True)])  # back in stock: back in the index
-    assert first[0] in rec.index and first[1] not in rec.index
+    assert first[0] in rec.served.index and first[1] not in rec.served.index
 
 
 def test_category_allow_and_deny(artifact: ModelArtifact) -> None:
     ids = artifact.item_ids
     deny = make(artifact, Rules(filters=Filters(deny=frozenset({"shoes"}))))
     deny.apply_items([ItemRecord(i, category="shoes") for i in ids[:50]])
-    assert not any(i in deny.index for i in ids[:50]) and ids[60] in deny.index
+    assert not any(i in deny.served.index for i in ids[:50]) and ids[60] in deny.served.index
     allow = make(artifact, Rules(filters=Filters(allow=frozenset({"books"}))))
     allow.apply_items([ItemRecord(i, category="books") for i in ids[:20]])
-    allow.served.sync(ids, allow.catalog, allow.rules.filters)
-    assert sorted(i for i in ids if i in allow.index) == sorted(ids[:20])  # unknown category: not allowed
-    out = items_of(allow.handle("click", *reversed(event("u2", ids[30], 0)), source=Source("clicks", 0, 0),
+    allow.served.sync(ids, allow.catalog, allow.default.rules.filters)
+    assert sorted(i for i in ids if i in allow.served.index) == sorted(ids[:20])  # unknown category: not allowed
+    out = items_of(allow.process("click", *reversed(event("u2", ids[30], 0)), source=Source("clicks", 0, 0),
                                 states={}))
     assert set(out) <= set(ids[:20])
 
@@ -97,24 +98,24 @@ def test_viewed_last_n_filter(artifact: ModelArtifact) -> None:
     states: dict[str, bytes] = {}
     seen = []
     for n in range(3):
-        out = items_of(rec.handle("click", *reversed(event("u3", rec.encoder.item_ids[n * 7], n)),
+        out = items_of(rec.process("click", *reversed(event("u3", rec.served.encoder.item_ids[n * 7], n)),
                                   source=Source("clicks", 0, n), states=states))
-        seen.append(rec.encoder.item_ids[n * 7])
+        seen.append(rec.served.encoder.item_ids[n * 7])
         assert not set(seen) & set(out)
 
 
 def test_new_item_gets_a_vector_from_its_text(artifact: ModelArtifact) -> None:
     plain = make(artifact, Rules())
     plain.apply_items([ItemRecord("brand-new", title="A new film")])
-    assert "brand-new" not in plain.index  # no text path: waits for a model that knows it
+    assert "brand-new" not in plain.served.index  # no text path: waits for a model that knows it
     rec = make(artifact, Rules(), TextEncoder)
     rec.apply_items([ItemRecord("brand-new", title="A new film")])
-    assert "brand-new" in rec.index
+    assert "brand-new" in rec.served.index
     before = rec.served.text_vectors["brand-new"][1].copy()
     rec.apply_items([ItemRecord("brand-new", title="A new film, renamed")])  # a changed title: a new vector
     assert not np.array_equal(rec.served.text_vectors["brand-new"][1], before)
     rec.apply_items([ItemRecord("brand-new", deleted=True)])
-    assert "brand-new" not in rec.index
+    assert "brand-new" not in rec.served.index
 
 
 def test_cold_start_blends_trending_until_enough_events(artifact: ModelArtifact) -> None:
@@ -123,17 +124,17 @@ def test_cold_start_blends_trending_until_enough_events(artifact: ModelArtifact)
     hot = artifact.item_ids[100]
     for n in range(30):  # other users make items trend, one most of all
         item = hot if n % 2 else artifact.item_ids[101 + n % 13]
-        rec.handle("click", *reversed(event(f"crowd{n}", item, 0)), source=Source("clicks", 0, n), states=states)
-    out = rec.handle("click", *reversed(event("newbie", artifact.item_ids[5], 0)), source=Source("clicks", 0, 99),
+        rec.process("click", *reversed(event(f"crowd{n}", item, 0)), source=Source("clicks", 0, n), states=states)
+    out = rec.process("click", *reversed(event("newbie", artifact.item_ids[5], 0)), source=Source("clicks", 0, 99),
                      states=states).recommendation
     assert out is not None and hot in [i.item_id for i in out.items]
     assert sum(i.because == ("trending",) for i in out.items) >= 7  # 1 of 4 events: ~a quarter personal
     for n in range(1, 4):
-        out = rec.handle("click", *reversed(event("newbie", artifact.item_ids[5 + n], n)),
+        out = rec.process("click", *reversed(event("newbie", artifact.item_ids[5 + n], n)),
                          source=Source("clicks", 0, 99 + n), states=states).recommendation
     assert out is not None and not any("trending" in i.because for i in out.items)  # 4 events: fully personal
     search = orjson.dumps({"schema_version": 1, "user_id": "searcher", "query": "space", "ts": NOW - 1})
-    first = rec.handle("search", search, b"searcher", Source("searches", 0, 0), states).recommendation
+    first = rec.process("search", search, b"searcher", Source("searches", 0, 0), states).recommendation
     assert first is not None and not any("trending" in i.because for i in first.items)  # a search: the query's
 
 
@@ -150,16 +151,16 @@ def test_swap_serves_the_new_model_and_replays_catalog_changes(artifact: ModelAr
     states: dict[str, bytes] = {}
     ids = artifact.item_ids
     for n in range(3):
-        rec.handle("click", *reversed(event("u5", ids[n], n)), source=Source("clicks", 0, n), states=states)
+        rec.process("click", *reversed(event("u5", ids[n], n)), source=Source("clicks", 0, n), states=states)
     snapshot = rec.catalog.copy()
     new_encoder = UserEncoder(artifact)
     new_encoder.version = "next-model"
     new_index = BruteForceIndex(new_encoder.dim)
     new_index.add(new_encoder.item_ids, new_encoder.item_vectors())
     rec.apply_items([ItemRecord(ids[200], available=False)])  # arrives while the new model builds
-    rec.swap(ServedModel(new_encoder, new_index), snapshot.seq)
-    assert ids[200] not in rec.index
-    out = rec.handle("click", *reversed(event("u5", ids[3], 3)), source=Source("clicks", 0, 3), states=states)
+    rec.swap(IndexedModel(new_encoder, new_index), snapshot.seq)
+    assert ids[200] not in rec.served.index
+    out = rec.process("click", *reversed(event("u5", ids[3], 3)), source=Source("clicks", 0, 3), states=states)
     assert out.recommendation is not None and out.recommendation.model_version == "next-model"
     state = UserState.from_bytes(states["u5"])
     assert state.model_version == "next-model" and state.events == 4  # rebuilt from recent events, then stepped
@@ -189,8 +190,8 @@ def test_new_catalog_item_gets_its_vector_from_the_real_item_tower() -> None:
     encoder = UserEncoder(ModelArtifact(_model(), [f"m{n}" for n in range(1, 7)], "v", "test", {}, Path(".")))
     index = BruteForceIndex(encoder.dim)
     index.add(encoder.item_ids, encoder.item_vectors())
-    rec = Recommender(encoder, index, Rules())
+    rec = single_model(encoder, index, Rules())
     rec.apply_items([ItemRecord("new-1", title="Toy Story 5 (2027)", category="Animation")])
-    assert "new-1" in rec.index and len(rec.index) == 7
+    assert "new-1" in rec.served.index and len(rec.served.index) == 7
     expected = encoder.text_item_vector("Toy Story 5 (2027). Animation")  # MiniLM through the item tower
     assert expected is not None and np.allclose(rec.served.vectors_of(["new-1"])[0], expected)

@@ -65,7 +65,7 @@ def test_every_setting_is_documented_in_the_example() -> None:
 def test_security_settings_reach_every_kafka_client() -> None:
     import faust
 
-    from stream.kafka_clients import client_options, faust_credentials
+    from stream.kafka.clients import client_options, faust_credentials
 
     plain = load_settings(env={})
     assert client_options(plain) == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}

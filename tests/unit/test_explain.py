@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from stream.explain import explain
-from stream.pipeline import Recommender, Rules
-from stream.rerank import diversify
-from stream.schemas import RecommendedItem, Source
+from stream.core.explain import explain
+from stream.core.pipeline import Recommender, Rules
+from stream.core.rerank import diversify
+from stream.core.schemas import RecommendedItem, Source
 
 NOW = 1_700_000_000.0
 
@@ -21,14 +21,14 @@ def send(rec: Recommender, states: dict[str, bytes], user: str, n: int, item: st
     kind, body = ("search", {"query": query}) if query else ("click", {"item_id": item})
     raw = orjson.dumps({"schema_version": 1, "user_id": user, "ts": NOW - 1, "event_id": f"{user}-{n}"} | body)
     topic = "searches" if query else "clicks"
-    out = rec.handle(kind, raw, user.encode(), Source(topic, 0, n), states)  # type: ignore[arg-type]
+    out = rec.process(kind, raw, user.encode(), Source(topic, 0, n), states)  # type: ignore[arg-type]
     assert out.recommendation is not None
     return list(out.recommendation.items)
 
 
 def test_explanations_name_the_viewed_items_and_the_search(recommender: Recommender) -> None:
-    recommender.rules = Rules(top_k=10, explanations=2)
-    ids = recommender.encoder.item_ids
+    recommender.default.rules = Rules(top_k=10, explanations=2)
+    ids = recommender.served.encoder.item_ids
     states: dict[str, bytes] = {}
     viewed = [ids[10], ids[500]]
     items = send(recommender, states, "u1", 0, item=viewed[0])
@@ -47,7 +47,7 @@ def test_explanations_name_the_viewed_items_and_the_search(recommender: Recommen
 
 
 def test_explanations_off_and_cost(recommender: Recommender) -> None:
-    ids = recommender.encoder.item_ids
+    ids = recommender.served.encoder.item_ids
     items = [RecommendedItem(i, 1.0) for i in ids[:10]]
     recent = [("click", i) for i in ids[20:70]]
     assert explain(items, recent, None, recommender.served.unit_vectors_of, names=0) == items
@@ -58,9 +58,9 @@ def test_explanations_off_and_cost(recommender: Recommender) -> None:
 
 
 def test_diversify_trades_relevance_for_spread(recommender: Recommender) -> None:
-    ids = recommender.encoder.item_ids
+    ids = recommender.served.encoder.item_ids
     query = recommender.served.vectors_of([ids[3]])[0]
-    ranked = [RecommendedItem(i, s) for i, s in recommender.index.search(query, 40)]
+    ranked = [RecommendedItem(i, s) for i, s in recommender.served.index.search(query, 40)]
     vectors = recommender.served.vectors_of([it.item_id for it in ranked])
 
     def spread(items: list[RecommendedItem]) -> float:
@@ -77,7 +77,7 @@ def test_diversify_trades_relevance_for_spread(recommender: Recommender) -> None
 
 
 def test_diversity_report_trades_accuracy_for_spread(artifact_dir: Path, data_dir: Path, tmp_path: Path) -> None:
-    from encoders.diversity_report import write_diversity_report
+    from stream.tools.diversity_report import write_diversity_report
 
     table = write_diversity_report(artifact_dir, data_dir, [0.0, 0.5, 0.9], tmp_path, max_events=300)
     plain, mid, strong = (table[f"diversity={s}"] for s in ("0", "0.5", "0.9"))

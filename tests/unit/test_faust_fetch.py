@@ -9,8 +9,8 @@ import pytest
 
 from stream.config import load_settings
 from stream.errors import ConfigError
-from stream.faust_fetch import FetchTransport
-from stream.faust_options import app_options, new_app
+from stream.kafka.faust_fetch import FetchTransport
+from stream.kafka.faust_options import app_options, new_app
 
 
 async def test_a_streamrec_app_consumer_waits_the_configured_time_where_faust_waits_1500_ms(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoders.events import query_tokens
-from encoders.gru import RecurrentConfig, RecurrentModel
+from encoders.models.gru import RecurrentConfig, RecurrentModel
+from encoders.models.inputs import query_tokens
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -46,7 +46,7 @@ def test_query_tokens_are_stable_and_padded() -> None:
 def test_numpy_serving_step_equals_torch(cell: str) -> None:
     import numpy as np
 
-    from encoders.gru import NumpyRecurrentStep
+    from encoders.models.gru import NumpyRecurrentStep
 
     torch.manual_seed(1)
     model = RecurrentModel(RecurrentConfig(n_items=40, cell=cell, dim=16, hidden=12)).eval()

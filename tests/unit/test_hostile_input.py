@@ -8,9 +8,10 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from encoders.models.inputs import EVENT_TYPES
+from stream.core.pipeline import Recommender
+from stream.core.schemas import REASONS, Event, Source, decode_event
 from stream.errors import InvalidEvent
-from stream.pipeline import Recommender
-from stream.schemas import EVENT_TYPES, REASONS, Event, Source, decode_event
 
 SRC = Source("clicks", 0, 0)
 NOW = 1_700_000_000.0
@@ -72,7 +73,7 @@ def test_event_shaped_objects_are_valid_only_when_every_field_is(event_type: str
 def test_the_data_path_never_raises(recommender: Recommender, event_type: str, raw: bytes,
                                     key: bytes | None) -> None:
     states: dict[str, bytes] = {}
-    out = recommender.handle(event_type, raw, key, SRC, states)  # type: ignore[arg-type]
+    out = recommender.process(event_type, raw, key, SRC, states)  # type: ignore[arg-type]
     if out.dead_letter:
         assert out.reason in REASONS and not states
     else:

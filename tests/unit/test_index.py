@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from index.bench import bench_index, clustered_vectors
 from index.brute import BruteForceIndex
 from index.hnsw import HnswIndex
+from stream.bench.index import bench_index, clustered_vectors
 
 
 def test_hnsw_recall_at_10_vs_brute_force() -> None:

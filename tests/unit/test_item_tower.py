@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 from encoders.artifact import ModelArtifact
-from encoders.gru import NumpyRecurrentStep, RecurrentConfig, RecurrentModel
-from encoders.item_tower import TextTable
+from encoders.models.gru import NumpyRecurrentStep, RecurrentConfig, RecurrentModel
+from encoders.models.item_tower import TextTable
 from encoders.serving import UserEncoder
 from encoders.text import DIM
+from tests.recommenders import single_model
 
 
 def _model() -> RecurrentModel:
@@ -65,25 +66,33 @@ def text_vector(encoder: UserEncoder, text: str) -> np.ndarray:
     return encoder.encode_text(text)[8:]
 
 
-def test_an_unseen_query_is_encoded_before_handle_and_then_served_from_the_cache() -> None:
+def test_an_unseen_query_is_encoded_before_recommend_and_then_served_from_the_cache() -> None:
     from prometheus_client import CollectorRegistry
 
     from index.brute import BruteForceIndex
-    from stream.metrics import Metrics
-    from stream.pipeline import Recommender, Rules
-    from stream.schemas import Source
+    from stream.core.metrics import Metrics
+    from stream.core.pipeline import Outcome, Rules
+    from stream.core.schemas import Event, Source
 
     encoder = UserEncoder(ModelArtifact(_model(), [f"m{n}" for n in range(1, 7)], "v", "test", {}, Path(".")))
     index = BruteForceIndex(encoder.dim)
     index.add(encoder.item_ids, encoder.item_vectors())
-    recommender = Recommender(encoder, index, Rules(top_k=3), Metrics(CollectorRegistry()), clock=lambda: 1e9)
+    registry = CollectorRegistry()
+    recommender = single_model(encoder, index, Rules(top_k=3), metrics=Metrics(registry), clock=lambda: 1e9)
     raw = b'{"schema_version": 1, "user_id": "u", "query": "heist thriller", "ts": 999999999.0}'
     source = Source("searches", 0, 0)
-    slow = recommender.pending_text("search", raw, source)
+    search = recommender.validate("search", raw, b"u", source)
+    assert isinstance(search, Event)
+    slow = recommender.pending_text(search)
     assert slow is not None  # a model with a text path, a query it has not seen
     slow()
-    assert recommender.pending_text("search", raw, source) is None  # now cached
-    assert recommender.pending_text("click", raw, source) is None
-    assert recommender.pending_text("search", b'{"query": 1}', source) is None  # invalid: handle() reports it
-    out = recommender.handle("search", raw, b"u", source, {})
+    assert recommender.pending_text(search) is None  # now cached
+    out = recommender.recommend(search, source, {})
     assert out.recommendation is not None and len(out.recommendation.items) == 3
+    decoded = registry.get_sample_value("streamrec_pipeline_stage_seconds_count", {"stage": "decode"})
+    assert decoded == 1  # the search was decoded once, for the text model and the data path alike
+    click = recommender.validate("click", b'{"schema_version": 1, "user_id": "u", "item_id": "m1", "ts": 999999999.0}',
+                                 b"u", Source("clicks", 0, 0))
+    assert isinstance(click, Event) and recommender.pending_text(click) is None  # no text
+    invalid = recommender.validate("search", b'{"query": 1}', b"u", source)
+    assert isinstance(invalid, Outcome) and invalid.dead_letter  # answered by its dead letter, never encoded

@@ -7,7 +7,7 @@ import re
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from stream.metrics import LATENCY_BUCKETS, STAGES, Metrics
+from stream.core.metrics import LATENCY_BUCKETS, STAGES, Metrics
 
 
 def test_names_follow_streamrec_component_what_unit() -> None:
@@ -67,7 +67,7 @@ def test_gc_pauses_are_timed_per_generation() -> None:
 
 
 def test_freeze_heap_leaves_the_collector_little_to_walk() -> None:
-    from stream.faust_options import freeze_heap
+    from stream.kafka.faust_options import freeze_heap
 
     try:
         frozen = freeze_heap()

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from encoders.artifact import ModelArtifact
-from encoders.baselines import ItemKnn
-from encoders.evaluation import model_scorer
-from encoders.gru import RecurrentConfig, RecurrentModel
-from encoders.mix import Mix, knn_table, with_mix
-from encoders.ranker import FEATURES, Ranker, RankerConfig, fit_ranker, ranker_tables
-from encoders.ranker_fit import with_ranker
-from encoders.sequences import UserSequence
+from encoders.models.gru import RecurrentConfig, RecurrentModel
+from encoders.models.ranker import FEATURES, Ranker, RankerConfig
 from encoders.serving import UserEncoder
+from encoders.training.baselines import ItemKnn
+from encoders.training.evaluation import model_scorer
+from encoders.training.item_knn_mix import Mix, knn_table, with_mix
+from encoders.training.ranker_fit import fit_ranker, ranker_tables, with_ranker
+from encoders.training.sequences import UserSequence
+from stream.errors import TrainingError
 
 
 def _seq(items: list[int], start: float = 0.0, step: float = 1.0) -> UserSequence:
@@ -63,7 +64,7 @@ def test_fit_learns_to_put_the_marked_candidate_first() -> None:
 
 
 def test_fit_refuses_examples_without_a_reachable_target() -> None:
-    with pytest.raises(ValueError, match="candidates"):
+    with pytest.raises(TrainingError, match="candidates"):
         fit_ranker(Ranker(3, 4, 2), [(np.zeros((5, len(FEATURES)), np.float32), -1)], RankerConfig(), seed=0)
 
 
@@ -129,8 +130,9 @@ def test_unknown_index_items_go_below_the_ranked_ones() -> None:
 
 
 def test_a_ranker_example_is_the_served_candidates_and_the_targets_place_among_them() -> None:
-    from encoders.ranker import NumpyRanker, ranker_example
-    from encoders.repeat import NumpyRepeatHead
+    from encoders.models.ranker import NumpyRanker
+    from encoders.models.session_head import NumpyRepeatHead
+    from encoders.training.ranker_fit import ranker_example
 
     model = _ranked_model(candidates=3)
     assert model.repeat is not None and model.ranker is not None

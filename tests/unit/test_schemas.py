@@ -7,8 +7,8 @@ import base64
 import orjson
 import pytest
 
+from stream.core.schemas import Recommendation, RecommendedItem, Source, dead_letter, decode_event
 from stream.errors import InvalidEvent
-from stream.schemas import Recommendation, RecommendedItem, Source, dead_letter, decode_event
 
 SRC = Source("clicks", 3, 42)
 NOW = 1_700_000_000.0

@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
+from stream.core.state import SEEN_EVENT_IDS, UserState
 from stream.errors import StreamrecError
-from stream.state import SEEN_EVENT_IDS, UserState
 
 
 def test_round_trip_is_exact() -> None:

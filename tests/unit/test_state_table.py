@@ -1,4 +1,4 @@
-"""The user-state table's direct changelog writes (stream/state_table.py): each write lands in the store at once
+"""The user-state table's direct changelog writes (stream/kafka/state_table.py): each write lands in the store at once
 and, at ``flush``, goes to the producer as the changelog record Faust would write (key bytes, value, the input
 record's partition), tombstones included, in order; acked offsets reach the store. The seams faked are Faust's
 table (a store and its changelog topic's name) and the producer; a real worker restoring from these records is
@@ -12,7 +12,7 @@ from typing import Any
 
 from faust.types import TP
 
-from stream.state_table import StateTable
+from stream.kafka.state_table import StateTable
 
 
 class _Store(dict[str, bytes]):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from encoders.artifact import latest_artifact, load_artifact
-from encoders.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
-from stream.datasets import load_events
+from encoders.training.sequences import build_sequences, build_vocabulary, temporal_cutoff, training_windows
 from stream.errors import ArtifactError
+from stream.tools.datasets import load_events
 
 
 def test_artifact_files_and_metrics(artifact_dir: Path) -> None:
@@ -70,8 +70,8 @@ def test_datasets_are_time_ordered_with_documented_counts(data_dir: Path) -> Non
 
 
 def test_item_knn_recommends_co_occurring_and_repeated_items() -> None:
-    from encoders.baselines import ItemKnn
-    from encoders.sequences import UserSequence
+    from encoders.training.baselines import ItemKnn
+    from encoders.training.sequences import UserSequence
 
     def seq(items: list[int], start: float) -> UserSequence:
         n = len(items)
@@ -87,7 +87,7 @@ def test_item_knn_recommends_co_occurring_and_repeated_items() -> None:
 
 
 def test_evaluate_reproduces_training_metrics(artifact_dir: Path, data_dir: Path, tmp_path: Path) -> None:
-    from encoders.report import evaluate_artifacts
+    from stream.tools.report import evaluate_artifacts
 
     table = evaluate_artifacts([artifact_dir], data_dir, tmp_path, max_events=20_000)
     assert {p.name for p in tmp_path.iterdir()} == {"metrics.json", "report.md", "metrics.png"}
@@ -103,10 +103,10 @@ def test_served_repeat_scores_equal_offline_scores() -> None:
     import torch
 
     from encoders.artifact import ModelArtifact
-    from encoders.evaluation import model_scorer
-    from encoders.gru import RecurrentConfig, RecurrentModel
-    from encoders.sequences import UserSequence
+    from encoders.models.gru import RecurrentConfig, RecurrentModel
     from encoders.serving import UserEncoder
+    from encoders.training.evaluation import model_scorer
+    from encoders.training.sequences import UserSequence
 
     torch.manual_seed(3)
     model = RecurrentModel(RecurrentConfig(n_items=30, dim=8, hidden=8, repeat_window=4)).eval()
@@ -138,12 +138,12 @@ def test_mix_adds_item_knn_votes_to_the_model_scores() -> None:
     import torch
 
     from encoders.artifact import ModelArtifact
-    from encoders.baselines import ItemKnn
-    from encoders.evaluation import model_scorer
-    from encoders.gru import RecurrentConfig, RecurrentModel
-    from encoders.mix import Mix, knn_table, with_mix
-    from encoders.sequences import UserSequence
+    from encoders.models.gru import RecurrentConfig, RecurrentModel
     from encoders.serving import UserEncoder
+    from encoders.training.baselines import ItemKnn
+    from encoders.training.evaluation import model_scorer
+    from encoders.training.item_knn_mix import Mix, knn_table, with_mix
+    from encoders.training.sequences import UserSequence
 
     def seq(items: list[int], start: float) -> UserSequence:
         n = len(items)
@@ -179,7 +179,7 @@ def test_mix_adds_item_knn_votes_to_the_model_scores() -> None:
 
 
 def test_tied_targets_count_at_a_random_position_among_their_ties() -> None:
-    from encoders.evaluation import _metrics
+    from encoders.training.evaluation import _metrics
 
     alone = _metrics([(3, 1)], 0, 100, [0.0])  # rank 4, no ties: the plain definitions
     assert alone["recall@10"] == 1.0 and abs(alone["mrr@20"] - 0.25) < 1e-12

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.events import query_tokens
-from encoders.repeat import NumpyRepeatHead
-from encoders.transformer import NumpySasrecStep, SasrecConfig, SasrecModel
+from encoders.models.inputs import query_tokens
+from encoders.models.session_head import NumpyRepeatHead
+from encoders.models.transformer import NumpySasrecStep, SasrecConfig, SasrecModel
 
 
 @pytest.mark.parametrize("layers", [1, 2])

@@ -16,12 +16,14 @@ from prometheus_client import CollectorRegistry
 from encoders.artifact import ModelArtifact
 from encoders.serving import UserEncoder
 from index.brute import BruteForceIndex
+from stream.core.catalog import Catalog
+from stream.core.indexed_model import IndexedModel
+from stream.core.metrics import Metrics
+from stream.core.pipeline import Arm, Recommender, Rules
+from stream.core.schemas import Source
+from stream.core.trending import Trending
+from stream.core.variants import Assignment, parse_variants
 from stream.errors import ConfigError
-from stream.metrics import Metrics
-from stream.pipeline import Arm, Recommender, Rules
-from stream.schemas import Source
-from stream.served_model import ServedModel
-from stream.variants import Assignment, parse_variants
 
 SPEC = json.dumps([{"name": "control", "share": 0.5}, {"name": "sasrec", "share": 0.3},
                    {"name": "diverse", "share": 0.2, "diversity": 0.4}])
@@ -37,7 +39,7 @@ def test_split_ratios_over_ten_thousand_users_and_stability() -> None:
     # Stable: another Assignment, and another process with another hash seed, give every user the same variant.
     again = Assignment(parse_variants(SPEC), "exp-7")
     assert all(again.variant_of(u) == assignment.variant_of(u) for u in users)
-    code = ("import json,sys; from stream.variants import Assignment, parse_variants; "
+    code = ("import json,sys; from stream.core.variants import Assignment, parse_variants; "
             f"a = Assignment(parse_variants({SPEC!r}), 'exp-7'); "
             "print(json.dumps([a.variant_of(f'user-{n}') for n in range(500)]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -67,18 +69,18 @@ def test_each_variant_is_served_by_its_own_model_and_rules(artifact: ModelArtifa
         encoder.version = f"model-{name}"
         index = BruteForceIndex(encoder.dim)
         index.add(encoder.item_ids, encoder.item_vectors())
-        arms.append(Arm(name, ServedModel(encoder, index), Rules(top_k=10, diversity=diversity)))
+        arms.append(Arm(name, IndexedModel(encoder, index), Rules(top_k=10, diversity=diversity)))
     registry = CollectorRegistry()
     assignment = Assignment(parse_variants('[{"name": "control", "share": 0.5}, {"name": "diverse", "share": 0.5}]'),
                             "s")
-    rec = Recommender(arms[0].served, None, arms[0].rules, Metrics(registry), arms=arms, assignment=assignment)
+    rec = Recommender(arms, assignment, Catalog(), Trending(3600.0), Metrics(registry))
     item = artifact.item_ids[7]
     lists = {}
     for n in range(40):
         user = f"u{n}"
         raw = orjson.dumps({"schema_version": 1, "user_id": user, "item_id": item, "ts": 1_700_000_000.0,
                             "event_id": f"e{n}"})
-        out = rec.handle("click", raw, user.encode(), Source("clicks", 0, n), {}).recommendation
+        out = rec.process("click", raw, user.encode(), Source("clicks", 0, n), {}).recommendation
         assert out is not None and out.variant == assignment.variant_of(user)
         assert out.model_version == f"model-{out.variant}"
         lists[out.variant] = [i.item_id for i in out.items]

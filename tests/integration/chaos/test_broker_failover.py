@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from stream.audit import audit
-from stream.broker import LocalKafka, free_port
-from stream.broker_config import BrokerNode
 from stream.config import Settings
-from stream.consume import wait_until_serving
-from stream.datasets import load_events
-from stream.kafka_jars import KafkaJars
-from stream.processes import start_worker, stop_worker
-from stream.replay import replay
-from stream.topics import ensure_topics
+from stream.kafka.consume import wait_until_serving
+from stream.kafka.topics import ensure_topics
+from stream.local.broker import LocalKafka, free_port
+from stream.local.broker_config import BrokerNode
+from stream.local.kafka_jars import KafkaJars
+from stream.local.processes import start_worker, stop_worker
+from stream.tools.audit import audit
+from stream.tools.datasets import load_events
+from stream.tools.replay import replay
 from tests.integration.conftest import JARS
 
 RATE = 200.0

@@ -13,13 +13,13 @@ import urllib.request
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stream.audit import read_topic
 from stream.config import Settings
-from stream.consume import wait_until_serving
-from stream.datasets import load_events
-from stream.processes import start_worker, stop_worker
-from stream.replay import to_wire
-from stream.schemas import REASONS
+from stream.core.schemas import REASONS
+from stream.kafka.consume import wait_until_serving
+from stream.local.processes import start_worker, stop_worker
+from stream.tools.audit import read_topic
+from stream.tools.datasets import load_events
+from stream.tools.replay import to_wire
 
 HOSTILE = 100_000
 VALID = 1_000

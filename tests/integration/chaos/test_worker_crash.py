@@ -9,13 +9,13 @@ import os
 import signal
 import time
 
-from stream.audit import audit
-from stream.broker import free_port
 from stream.config import Settings
-from stream.consume import wait_until_serving
-from stream.datasets import load_events
-from stream.processes import start_worker, stop_worker
-from stream.replay import replay
+from stream.kafka.consume import wait_until_serving
+from stream.local.broker import free_port
+from stream.local.processes import start_worker, stop_worker
+from stream.tools.audit import audit
+from stream.tools.datasets import load_events
+from stream.tools.replay import replay
 
 RATE = 200.0
 EVENTS = 4000  # 20 s of traffic

@@ -1,0 +1,107 @@
+"""A model and the index of its item vectors, served as one unit: loaded, built and swapped together.
+
+The index holds the model's items plus the catalog's items the model does not know (by their text vector,
+when the model has a text path), minus whatever the catalog-wide filters leave out. A hot reload builds a
+new IndexedModel from a copy of the catalog in a background thread, swaps it in between two events, and
+then replays the catalog changes that arrived during the build.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from encoders.artifact import ModelArtifact
+from encoders.serving import UserEncoder
+from index.base import ItemIndex
+from stream.core.catalog import Catalog
+from stream.core.rerank import Filters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexedModel:
+    """The encoder, its index, and the text vectors of catalog items the model has no embedding for."""
+
+    encoder: UserEncoder
+    index: ItemIndex
+    artifact: ModelArtifact | None = None  # None: built in memory (tests, the audit)
+    text_vectors: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # item -> (text, vector)
+
+    def __post_init__(self) -> None:
+        self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
+        # The model's item vectors plus a zero row at the end (row -1: an item the model does not know), raw
+        # and unit length: lookups for explanations and diversity are then one fancy-index each.
+        vectors = self.encoder.item_vectors()
+        padded = np.vstack([vectors, np.zeros((1, vectors.shape[1]), np.float32)])
+        norms = np.linalg.norm(padded, axis=1, keepdims=True)
+        self._padded = padded
+        self._unit = (padded / np.maximum(norms, 1e-9)).astype(np.float32)
+
+    @property
+    def version(self) -> str:
+        """The model version lists carry."""
+        return self.encoder.version
+
+    def vectors_of(self, item_ids: list[str], unit: bool = False) -> np.ndarray:
+        """(n, dim) vectors of these items as the index holds them (``unit``: scaled to length 1); zeros for
+        an item the index does not know."""
+        rows = [self._rows.get(item, -1) for item in item_ids]
+        out: np.ndarray = (self._unit if unit else self._padded)[rows]
+        if self.text_vectors and -1 in rows:  # catalog items known by their text only
+            for n, item in enumerate(item_ids):
+                if rows[n] == -1 and item in self.text_vectors:
+                    vector = self.text_vectors[item][1]
+                    out[n] = vector / max(float(np.linalg.norm(vector)), 1e-9) if unit else vector
+        return out
+
+    def unit_vectors_of(self, item_ids: list[str]) -> np.ndarray:
+        """:meth:`vectors_of` scaled to unit length (cosine similarities are then inner products)."""
+        return self.vectors_of(item_ids, unit=True)
+
+    def info(self) -> dict[str, str]:
+        """The labels of the ``streamrec_model`` info metric."""
+        return {"version": self.version, "dataset": self.artifact.dataset if self.artifact else "",
+                "cell": self.encoder.model_type}
+
+    def sync(self, item_ids: Iterable[str], catalog: Catalog, filters: Filters) -> int:
+        """Bring the index in line with the catalog for these items; returns how many were added."""
+        add_ids: list[str] = []
+        add_vectors: list[np.ndarray] = []
+        remove: list[str] = []
+        for item_id in item_ids:
+            entry = catalog.get(item_id)
+            if not filters.admits(entry, catalog.was_deleted(item_id)):
+                remove.append(item_id)
+                continue
+            row = self._rows.get(item_id)
+            if row is not None:
+                if item_id not in self.index:
+                    add_ids.append(item_id)
+                    add_vectors.append(self._padded[row])
+                continue
+            text = entry.text if entry is not None else None
+            cached = self.text_vectors.get(item_id)
+            if text is None:
+                remove.append(item_id)
+            elif cached is not None and cached[0] == text:
+                if item_id not in self.index:
+                    add_ids.append(item_id)
+                    add_vectors.append(cached[1])
+            else:
+                vector = self.encoder.text_item_vector(text)
+                if vector is None:  # the model has no text path: the item waits for a model that knows it
+                    remove.append(item_id)
+                    continue
+                self.text_vectors[item_id] = (text, vector)
+                add_ids.append(item_id)
+                add_vectors.append(vector)
+        if remove:
+            self.index.remove(remove)
+        if add_ids:
+            self.index.add(add_ids, np.stack(add_vectors))
+        return len(add_ids)

@@ -1,0 +1,301 @@
+"""The data path, top to bottom: event in, validate, update state, query vector, search, filter and
+re-rank, recommendation out.
+
+Nothing here imports Faust or Kafka. The agents hand in raw bytes, the record's position and the user
+state table (any MutableMapping[str, bytes]); they send whatever :class:`Outcome` says. Step 1 is
+:meth:`Recommender.validate`, steps 2-8 :meth:`Recommender.recommend`: between them the agent encodes a new
+search query off the event loop, from the event decoded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+
+from encoders.serving import UserEncoder
+from stream.core.catalog import Catalog
+from stream.core.explain import explain
+from stream.core.indexed_model import IndexedModel
+from stream.core.metrics import Metrics
+from stream.core.rerank import Filters, blend, diversify, rerank
+from stream.core.schemas import (
+    Event,
+    EventType,
+    ItemRecord,
+    Recommendation,
+    RecommendedItem,
+    Source,
+    dead_letter,
+    decode_erasure,
+    decode_event,
+)
+from stream.core.state import DecodedStates, UserState
+from stream.core.trending import Trending
+from stream.core.variants import DEFAULT, Assignment
+from stream.errors import ConfigError, InvalidEvent, StreamrecError
+
+log = logging.getLogger(__name__)
+DIVERSITY_POOL = 4  # with diversity on, MMR picks k items out of the best k * this many
+STATE_CACHE_USERS = 4096  # decoded states kept (DecodedStates), ~10 KB of Python objects each
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the data path needs from the settings."""
+
+    top_k: int = 10
+    history_size: int = 50
+    max_purchased: int = 500
+    max_event_bytes: int = 65536
+    max_future_skew_s: float = 86_400.0
+    cold_start_events: int = 0  # users with fewer events get trending items blended in (0 = off)
+    diversity: float = 0.0  # MMR strength (0 = off)
+    explanations: int = 0  # recent events named per item (0 = none)
+    filters: Filters = field(default_factory=Filters)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to send for one input record: a list to ``recommendations`` or a record to ``dead-letters``."""
+
+    key: bytes | None
+    value: bytes | None  # None: a tombstone (the user was erased)
+    dead_letter: bool
+    recommendation: Recommendation | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Arm:
+    """One A/B variant as served: its model (with its index) and its rules."""
+
+    name: str
+    served: IndexedModel
+    rules: Rules
+
+
+class Recommender:
+    """Holds the variants (each a served model + rules), the catalog and the trending counts. Per record the
+    caller runs :meth:`validate`, then (for a search) :meth:`pending_text` off the event loop, then
+    :meth:`recommend`; :meth:`process` runs the three in-line."""
+
+    def __init__(self, arms: list[Arm], assignment: Assignment, catalog: Catalog, trending: Trending,
+                 metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+        if not arms:
+            raise ConfigError("variants", "at least one variant must be served")
+        self.arms = {arm.name: arm for arm in arms}
+        self.default = arms[0]
+        self.assignment = assignment
+        self.catalog = catalog
+        self.trending = trending
+        self.metrics = metrics
+        self.clock = clock
+        self._states = DecodedStates(STATE_CACHE_USERS)
+
+    @property
+    def served(self) -> IndexedModel:
+        """The model served to the first (or only) variant."""
+        return self.default.served
+
+    def validate(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source) -> Event | Outcome:
+        """Step 1, on every record: the decoded event, or the dead letter that answers an invalid one."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        m.child(m.events, event_type).inc()
+        limits = self.default.rules  # the same in every variant: the variant is not known before decoding
+        try:
+            event = decode_event(event_type, raw, source, max_bytes=limits.max_event_bytes,
+                                 max_future_skew_s=limits.max_future_skew_s, now=self.clock())
+            _check_key(key, event.user_id)
+        except InvalidEvent as error:
+            return self._rejected(event_type, error, raw, key, source)
+        m.child(m.stage, "decode").observe(time.perf_counter() - t0)
+        return event
+
+    def pending_text(self, event: Event) -> Callable[[], object] | None:
+        """For a search whose query the user's text model has not encoded yet: the call that encodes it, for
+        the agent to run in a thread while other events go on (``recommend`` then finds it cached)."""
+        query = event.query
+        if query is None:
+            return None
+        encoder = self.arms[self.assignment.variant_of(event.user_id)].served.encoder
+        if not encoder.text_pending(query):
+            return None
+        return lambda: encoder.encode_text(query)
+
+    def process(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source,
+                states: MutableMapping[str, bytes], trending: MutableMapping[str, bytes] | None = None) -> Outcome:
+        """The whole data path for one record, in-line (a new query is encoded on this thread)."""
+        event = self.validate(event_type, raw, key, source)
+        if isinstance(event, Outcome):
+            return event
+        return self.recommend(event, source, states, trending)
+
+    def recommend(self, event: Event, source: Source, states: MutableMapping[str, bytes],
+                  trending: MutableMapping[str, bytes] | None = None) -> Outcome:
+        """Steps 2-8 for a validated event: update the user's state and answer with a fresh list.
+
+        ``states`` is the user-state table; ``trending`` the table of trending counts (None: memory only)."""
+        m = self.metrics
+        # The user's variant: one model and rule set for the whole event, even if a swap is pending.
+        arm = self.arms[self.assignment.variant_of(event.user_id)]
+        served, rules = arm.served, arm.rules
+        encoder = served.encoder
+        t1 = time.perf_counter()
+        # 2. Encode the search text (searches only).
+        text = encoder.encode_text(event.query) if event.query is not None else None
+        t2 = time.perf_counter()
+        # 3. Update the user's state (once per event id: Kafka may redeliver after a crash), scoring the
+        #    previous list against this event first (live hit-rate@k); count the item for trending.
+        state = self._state_of(event.user_id, states.get(event.user_id), encoder)
+        position = f"{source.topic}:{source.partition}"
+        if state.already_applied(event.event_id, position, source.offset):
+            m.duplicates.labels(event_type=event.type).inc()
+        else:
+            if event.item_id is not None:
+                self._score_last_list(event, state, arm)
+                if not encoder.knows(event.item_id):
+                    m.unknown_items.labels(event_type=event.type).inc()
+                self.trending.observe(source.partition, event.item_id, event.type, event.ts, trending)
+            state.vector = encoder.step(state.vector, event.type, event.item_id, text)
+            state.remember(event.type, event.item_id, event.event_id, event.ts, rules.history_size,
+                           rules.max_purchased, position, source.offset)
+        t3 = time.perf_counter()
+        # 4. Query vector.
+        query = encoder.query_vector(state.vector)
+        t4 = time.perf_counter()
+        # 5. Search, never returning what this user must not get; the model then gives every candidate its
+        #    final score: recent items and their co-occurring ones join (the inner-product search alone would
+        #    rank them lower or miss them), and a model with a re-ranker re-orders the best of them.
+        excluded = rules.filters.excluded_for(state)
+        pool = rules.top_k * DIVERSITY_POOL if rules.diversity > 0 else rules.top_k
+        depth = max(pool, encoder.search_depth)
+        candidates = served.index.search(query, depth, exclude=excluded)
+        # (enough for the list after the filters drop excluded items and items gone from the index)
+        candidates = encoder.rescore(query, state.recent, candidates,
+                                     limit=depth + len(excluded) + rules.history_size)
+        t5 = time.perf_counter()
+        # 6. Filter and re-rank; a cold-start user's list is blended with trending items (not a search's:
+        #    a first search is answered from the query alone).
+        items = rerank(candidates, excluded, pool, served.index)
+        if rules.diversity > 0:
+            items = diversify(items, served.vectors_of([it.item_id for it in items]), rules.top_k, rules.diversity)
+        if state.events < rules.cold_start_events and event.type != "search":
+            items = blend(items, self.trending.top(rules.top_k + len(excluded)), rules.top_k,
+                          state.events / rules.cold_start_events, excluded, served.index)
+        t6 = time.perf_counter()
+        # 7. Explanations: the user's own recent events (or this search) most like each item.
+        items = explain(items, state.recent, event.query, served.unit_vectors_of, rules.explanations)
+        t7 = time.perf_counter()
+        # 8. The list; the state (with the list it got) is stored once per event.
+        rec = self._recommendation(event, items, served.version, arm.name, state.events)
+        state.last_list = [it.item_id for it in items]
+        stored = state.to_bytes()
+        states[event.user_id] = stored
+        self._states.put(event.user_id, stored, state)
+        t8 = time.perf_counter()
+        if text is not None:
+            m.child(m.stage, "text_encode").observe(t2 - t1)
+        for stage, seconds in (("state", t3 - t2 + t8 - t7), ("query", t4 - t3), ("search", t5 - t4),
+                               ("rerank", t6 - t5), ("explain", t7 - t6)):
+            m.child(m.stage, stage).observe(seconds)
+        m.child(m.lists, event.type, arm.name).inc()
+        m.child(m.event_to_recommendation, event.type, arm.name).observe(max(rec.generated_at - event.ts, 0.0))
+        return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
+
+    def apply_items(self, records: list[ItemRecord]) -> None:
+        """Apply catalog changes and bring the served index in line (new, changed, unavailable, deleted)."""
+        for record in records:
+            self.catalog.apply(record)
+        added = 0
+        for arm in self.arms.values():
+            added += arm.served.sync([r.item_id for r in records], self.catalog, arm.rules.filters)
+        for record in records:
+            op = "delete" if record.deleted else "upsert"
+            self.metrics.catalog_updates.labels(op=op).inc()
+        self.metrics.catalog_items.set(len(self.catalog))
+        self.metrics.index_items.set(len(self.served.index))
+        log.debug("catalog: %d changes applied, %d items (re)indexed", len(records), added)
+
+    def swap(self, served: IndexedModel, built_from_seq: int, variant: str = DEFAULT) -> None:
+        """Serve another model to a variant from the next event on; replays the catalog changes made while
+        it was built.
+
+        Runs on the event loop between two events, so no event sees half a swap; users' states are rebuilt
+        from their recent events when they next arrive (``_load_state``)."""
+        arm = self.arms[variant]
+        served.sync(self.catalog.changed_since(built_from_seq), self.catalog, arm.rules.filters)
+        arm.served = served
+        if arm is self.default:
+            self.metrics.index_items.set(len(served.index))
+
+    def erase(self, raw: bytes | None, key: bytes | None, source: Source,
+              states: MutableMapping[str, bytes]) -> Outcome:
+        """Forget a user (GDPR erasure): drop the state and answer with a tombstone for the user's list."""
+        self.metrics.events.labels(event_type="erase").inc()
+        limits = self.default.rules
+        try:
+            erasure = decode_erasure(raw, source, max_bytes=limits.max_event_bytes,
+                                     max_future_skew_s=limits.max_future_skew_s, now=self.clock())
+            _check_key(key, erasure.user_id)
+        except InvalidEvent as error:
+            return self._rejected("erase", error, raw, key, source)
+        self._states.forget(erasure.user_id)
+        if erasure.user_id in states:
+            del states[erasure.user_id]  # Faust writes a changelog tombstone, so restores forget it too
+        self.metrics.erasures.inc()
+        return Outcome(erasure.user_id.encode(), None, False)
+
+    def _rejected(self, event_type: str, error: InvalidEvent, raw: bytes | None, key: bytes | None,
+                  source: Source) -> Outcome:
+        """Count an invalid record and wrap it as a dead letter."""
+        self.metrics.invalid.labels(event_type=event_type, reason=error.reason).inc()
+        self.metrics.dead_letters.labels(topic=source.topic).inc()
+        return Outcome(key, dead_letter(raw, key, error, source, self.clock()), True, reason=error.reason)
+
+    def _score_last_list(self, event: Event, state: UserState, arm: Arm) -> None:
+        """Count a hit when the clicked/purchased item was in the list the user last received."""
+        if not state.last_list:
+            return
+        m, k = self.metrics, str(arm.rules.top_k)
+        m.live_opportunities.labels(event_type=event.type, k=k, variant=arm.name).inc()
+        if event.item_id in state.last_list:
+            m.live_hits.labels(event_type=event.type, k=k, variant=arm.name).inc()
+
+    def _recommendation(self, event: Event, items: list[RecommendedItem], version: str, variant: str,
+                        state_seq: int) -> Recommendation:
+        return Recommendation(user_id=event.user_id, items=tuple(items), model_version=version,
+                              event_type=event.type, event_id=event.event_id, event_ts=event.ts,
+                              generated_at=self.clock(), variant=variant, state_seq=state_seq)
+
+    def _state_of(self, user_id: str, raw: bytes | None, encoder: UserEncoder) -> UserState:
+        """The user's state: the decoded one kept from the last write when the table still holds exactly those
+        bytes, else decoded (and rebuilt when it belongs to another model)."""
+        cached = self._states.take(user_id, raw)
+        if cached is not None and cached.model_version == encoder.version:
+            return cached
+        return self._load_state(raw, encoder)
+
+    def _load_state(self, raw: bytes | None, encoder: UserEncoder) -> UserState:
+        """The stored state, a fresh one, or one rebuilt from history when it belongs to another model."""
+        if raw is None:
+            return UserState(vector=encoder.initial_state(), model_version=encoder.version)
+        try:
+            state = UserState.from_bytes(raw)
+        except StreamrecError as exc:
+            log.warning("discarding unreadable user state: %s", exc)
+            return UserState(vector=encoder.initial_state(), model_version=encoder.version)
+        if state.model_version != encoder.version or state.vector.shape != (encoder.state_size,):
+            vector = encoder.initial_state()
+            for kind, item in state.recent:
+                vector = encoder.step(vector, kind, item)
+            state.vector, state.model_version = vector, encoder.version
+        return state
+
+
+def _check_key(key: bytes | None, user_id: str) -> None:
+    """The state table is partitioned by the record key; any other key would split a user's state."""
+    if key is None or key != user_id.encode():
+        raise InvalidEvent("key_mismatch", "the record key must be the user_id")

@@ -1,0 +1,169 @@
+"""``streamrec demo``: local Kafka, a trained model, a worker, a live replay, and what came out.
+
+It replays the held-out later period of movielens (events the model never trained on), prints a few
+users' events and lists, and the measured event-to-recommendation latency. Everything it started is
+stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from stream.config import Settings
+from stream.core.schemas import Event, Recommendation
+from stream.local.processes import start_worker, stop_worker
+
+DATASET = "movielens"
+
+
+def _say(label: str, text: str) -> None:
+    print(f"  {label:<8} {text}", flush=True)
+
+
+def _model(settings: Settings) -> Path:
+    """Reuse the newest movielens GRU artifact, or train one (about a minute)."""
+    from encoders.artifact import latest_artifact, save_artifact
+    from encoders.training.train import TrainConfig, train
+    from stream.tools.datasets import load_events
+
+    root = settings.home / "models"
+    found = latest_artifact(root, DATASET, "gru")
+    if found is not None:
+        _say("model", f"reusing {found}")
+        return found
+    _say("model", "training a GRU on movielens_latest_small (temporal split, seed 42) ...")
+    started = time.perf_counter()
+    result = train(load_events(DATASET, settings.data_dir), cell="gru", config=TrainConfig(epochs=4))
+    path = save_artifact(result.model, result.item_ids, result.metrics, DATASET, root)
+    _say("model", f"trained in {time.perf_counter() - started:.0f} s -> {path}")
+    return path
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "no data"
+    ms = np.asarray(values) * 1000
+    return (f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
+            f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms ({len(ms)} lists)")
+
+
+async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path, events: int, rate: float,
+                users: int, titles: dict[str, str]) -> None:
+    from encoders.artifact import load_artifact
+    from stream.kafka.consume import RecommendationReader, wait_until_serving
+    from stream.tools.datasets import load_events
+    from stream.tools.replay import replay
+
+    seconds = await wait_until_serving(settings, timeout_s=120, alive=lambda: worker.poll() is None)
+    _say("worker", f"serving after {seconds:.1f} s")
+    cutoff = float(load_artifact(model).metrics["split"]["cutoff_ts"])
+    held_out = [e for e in load_events(DATASET, settings.data_dir) if e.ts >= cutoff][:events]
+    reader = RecommendationReader(settings)
+    await reader.start()
+    sent: dict[str, Event] = {}
+    history: dict[str, list[Event]] = defaultdict(list)
+
+    def on_sent(e: Event) -> None:
+        sent[e.event_id] = e
+        history[e.user_id].append(e)
+
+    lists: dict[str, Recommendation] = {}
+    received_lat: list[float] = []
+    server_lat: list[float] = []
+
+    async def collect() -> None:
+        async for rec, received in reader.records(timeout_s=None):
+            if rec.event_id in sent:
+                lists[rec.user_id] = rec
+                received_lat.append(received - rec.event_ts)
+                server_lat.append(rec.generated_at - rec.event_ts)
+                if len(received_lat) >= len(held_out):
+                    return
+
+    _say("replay", f"{len(held_out)} held-out movielens events (after the training cutoff) at {rate:.0f}/s ...")
+    collector = asyncio.create_task(collect())
+    try:
+        stats = await replay(settings, held_out, rate, on_sent=on_sent)
+        await asyncio.wait_for(collector, timeout=15)  # the last lists; a timeout shows as missing lists
+    except TimeoutError:
+        pass
+    finally:
+        collector.cancel()
+        await reader.stop()
+    _say("replay", f"sent {stats.sent} events {dict(stats.by_type)} in {stats.seconds:.1f} s; "
+                   f"{len(received_lat)} lists received")
+    print()
+    busiest = [u for u, _ in Counter(e.user_id for e in sent.values()).most_common() if u in lists][:users]
+    for user in busiest:
+        evs = history[user]
+        print(f"user {user}: {len(evs)} events, the last ones:")
+        for e in evs[-4:]:
+            what = f'"{e.query}"' if e.query else titles.get(e.item_id or "", e.item_id or "")
+            print(f"    {e.type:<8} {what}")
+        rec = lists[user]
+        print(f"  recommendations ({rec.model_version}, after {rec.event_type} {rec.event_id[:8]}):")
+        for n, item in enumerate(rec.items, 1):
+            print(f"    {n:>2}. {titles.get(item.item_id, item.item_id):<60} {item.score:7.3f}")
+            if item.because:
+                print(f"        because: {'; '.join(_reason(b, titles) for b in item.because)}")
+        print()
+    print("event-to-recommendation latency, measured in this run:")
+    _say("received", f"event ts -> list consumed: {_percentiles(received_lat)}")
+    _say("worker", f"event ts -> list generated: {_percentiles(server_lat)}")
+
+
+def _reason(because: str, titles: dict[str, str]) -> str:
+    """One ``because`` entry for people: "click:318" -> "viewed The Shawshank Redemption (1994)"."""
+    kind, _, what = because.partition(":")
+    verbs = {"click": "viewed", "purchase": "liked", "search": "searched"}
+    return f"{verbs.get(kind, kind)} {titles.get(what, what)}".strip()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users: int = 3) -> int:
+    """Run the whole product locally and print what it does; returns an exit code."""
+    from stream.kafka.publish import publish_items
+    from stream.kafka.topics import ensure_topics
+    from stream.local.broker import local_kafka
+    from stream.tools.datasets import item_titles, load_catalog
+
+    # Ctrl-C and `kill` both end the demo through the finally below, even when the shell started it with
+    # SIGINT ignored (as non-interactive shells do for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupted)
+    print("streamrec demo", flush=True)
+    kafka = local_kafka(settings, 1)
+    started_broker = not kafka.is_running()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        seconds = kafka.start()
+        _say("broker", f"Apache Kafka (KRaft) at {kafka.bootstrap_servers}, "
+                       + (f"ready in {seconds:.1f} s" if started_broker else "already running"))
+        counts = asyncio.run(ensure_topics(settings))
+        _say("topics", ", ".join(f"{name}({n})" for name, n in counts.items()))
+        model = _model(settings)
+        sent = asyncio.run(publish_items(settings, load_catalog(DATASET, settings.data_dir)))
+        _say("catalog", f"{sent} movielens items (title, first genre) on {settings.topic_items}; every worker reads "
+                        "them whole")
+        worker = start_worker(settings, model, settings.home / "logs" / "worker.log")
+        _say("worker", f"pid {worker.pid}, log {settings.home / 'logs' / 'worker.log'}, "
+                       f"metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+        asyncio.run(_live(settings, worker, model, events, rate, users, item_titles(DATASET, settings.data_dir)))
+        return 0
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+            _say("stopped", "worker")
+        if started_broker:
+            kafka.stop()
+            _say("stopped", "broker")
