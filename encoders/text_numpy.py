@@ -1,7 +1,7 @@
 """The MiniLM (BERT) forward for one search query in plain numpy: the worker's per-search text encoding.
 
-For a single short query the cost is reading the weights, not arithmetic, and torch's eager BERT spent
-11.8 ms of CPU per query here (one thread) against 5.4 ms for numpy doing the same products. Same weights,
+For a single short query the cost is reading the weights, not arithmetic, and torch's eager BERT adds its
+own overhead on top; numpy does the same products in less CPU (figures: docs/benchmarks.md). Same weights,
 same arithmetic (a test holds the vectors within 1e-5 of the transformers model): token + position +
 token-type embeddings, six post-LayerNorm blocks of 12-head self-attention and a GELU MLP, mean pooling over
 the tokens and L2 normalisation, as ``TextEncoder`` computes with torch for batches.

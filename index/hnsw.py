@@ -78,7 +78,7 @@ class HnswIndex:
         Few exclusions: over-fetch k + excluded and drop them. Many (a long purchase history): over-fetch
         ``OVERFETCH`` x k first, which leaves k allowed items for nearly every user (the excluded items are
         rarely all among the nearest); only when it does not, search again with hnswlib's filter callable
-        (a Python call per visited node: 52 vs 20 us on MovieLens's heaviest users, README).
+        (a Python call per visited node, so slower; docs/benchmarks.md).
         """
         q = np.asarray(query, np.float32).reshape(1, self.dim)
         if not isinstance(exclude, (set, frozenset, dict)):

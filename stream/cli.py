@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,8 @@ def _settings(args: argparse.Namespace, **more: Any) -> Settings:
     return load_settings(overrides)
 
 
-def _broker(settings: Settings, action: str, nodes: int) -> int:
+def _broker(settings: Settings, args: argparse.Namespace) -> int:
+    action, nodes = args.action, args.nodes
     from stream.local.broker import local_kafka
 
     kafka = local_kafka(settings, nodes)
@@ -194,7 +196,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(settings: Settings) -> int:
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
     import gc
 
     import faust
@@ -204,14 +206,14 @@ def _worker(settings: Settings) -> int:
     from stream.kafka.faust_options import freeze_heap
     from stream.kafka.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings, timeout_s=None))  # a worker waits for Kafka rather than crash-looping
     registry = CollectorRegistry()
+    if settings.metrics_port:  # first: while Kafka, the model and the index load, a probe reads "not ready"
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    asyncio.run(ensure_topics(settings, timeout_s=None))  # a worker waits for Kafka rather than crash-looping
     worker = create_app(settings, registry)
     gc.callbacks.append(worker.metrics.gc_callback())
     log.info("%d objects moved out of the garbage collector's reach", freeze_heap())
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     faust.Worker(worker.app, loglevel=settings.log_level.upper()).execute_from_commandline()
     return 0
 
@@ -280,6 +282,85 @@ async def _forget(settings: Settings, user_id: str) -> int:
     return 0
 
 
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.kafka.topics import ensure_topics
+
+    print(json.dumps(asyncio.run(ensure_topics(settings))))
+    return 0
+
+
+def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.tools.report import evaluate_artifacts
+
+    table = evaluate_artifacts(args.artifacts, settings.data_dir, args.out, max_events=args.max_events)
+    print(json.dumps({"out": str(args.out), "metrics": table}))
+    if args.diversity:
+        from stream.tools.diversity_report import write_diversity_report
+
+        strengths = [float(x) for x in args.diversity.split(",")]
+        for path in args.artifacts:
+            print(json.dumps({"diversity": write_diversity_report(path, settings.data_dir, strengths, args.out,
+                                                                  max_events=args.max_events)}))
+    if args.online:
+        from stream.tools.online_eval import evaluate_online, write_online_report
+
+        runs = [evaluate_online(settings, path, rate=args.rate, max_events=args.max_events)
+                for path in args.artifacts]
+        print(json.dumps({"online": write_online_report(runs, args.out)}))
+    return 0
+
+
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.tools.audit import audit
+
+    print(json.dumps(asyncio.run(audit(settings, since=args.since)).summary()))
+    return 0
+
+
+def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.kafka.publish import publish_model
+
+    release = asyncio.run(publish_model(settings, args.artifact, variant=args.variant))
+    print(json.dumps({"published": release.version, "variant": release.variant, "path": release.path,
+                      "topic": settings.topic_models}))
+    return 0
+
+
+def _forget_command(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_forget(settings, args.user_id))
+
+
+def _tail_command(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(_tail(settings, args.user, args.from_beginning, args.idle))
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.tools.demo import run_demo
+
+    return run_demo(settings, events=args.events, rate=args.rate, users=args.users)
+
+
+# Each command's handler: (settings, parsed arguments) -> exit code. The heavy imports stay inside them, so
+# `streamrec --help` and the client commands start without loading torch.
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "broker": _broker,
+    "topics": _topics,
+    "train": _train,
+    "evaluate": _evaluate,
+    "worker": _worker,
+    "publish": _publish,
+    "items": _items,
+    "replay": _replay,
+    "audit": _audit,
+    "forget": _forget_command,
+    "tail": _tail_command,
+    "bench": run_bench_command,
+    "demo": _demo,
+}
+SERVICES = ("worker", "broker")  # commands that log at the configured level; the others print their results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamrec`` console script."""
     args = _parser().parse_args(argv)
@@ -287,65 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"model_path": args.model_path} if args.command in ("worker", "audit") else {}
         settings = _settings(args, **extra)
         # The demo and the client commands print their own results; library chatter would drown them.
-        quiet = args.command not in ("worker", "broker")
-        logging.basicConfig(level="WARNING" if quiet else settings.log_level.upper(),
+        logging.basicConfig(level=settings.log_level.upper() if args.command in SERVICES else "WARNING",
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if args.command == "broker":
-            return _broker(settings, args.action, args.nodes)
-        if args.command == "topics":
-            from stream.kafka.topics import ensure_topics
-
-            print(json.dumps(asyncio.run(ensure_topics(settings))))
-            return 0
-        if args.command == "train":
-            return _train(settings, args)
-        if args.command == "evaluate":
-            from stream.tools.report import evaluate_artifacts
-
-            table = evaluate_artifacts(args.artifacts, settings.data_dir, args.out, max_events=args.max_events)
-            print(json.dumps({"out": str(args.out), "metrics": table}))
-            if args.diversity:
-                from stream.tools.diversity_report import write_diversity_report
-
-                strengths = [float(x) for x in args.diversity.split(",")]
-                for path in args.artifacts:
-                    print(json.dumps({"diversity": write_diversity_report(path, settings.data_dir, strengths, args.out,
-                                                                          max_events=args.max_events)}))
-            if args.online:
-                from stream.tools.online_eval import evaluate_online, write_online_report
-
-                runs = [evaluate_online(settings, path, rate=args.rate, max_events=args.max_events)
-                        for path in args.artifacts]
-                print(json.dumps({"online": write_online_report(runs, args.out)}))
-            return 0
-        if args.command == "worker":
-            return _worker(settings)
-        if args.command == "replay":
-            return _replay(settings, args)
-        if args.command == "audit":
-            from stream.tools.audit import audit
-
-            print(json.dumps(asyncio.run(audit(settings, since=args.since)).summary()))
-            return 0
-        if args.command == "publish":
-            from stream.kafka.publish import publish_model
-
-            release = asyncio.run(publish_model(settings, args.artifact, variant=args.variant))
-            print(json.dumps({"published": release.version, "variant": release.variant, "path": release.path,
-                              "topic": settings.topic_models}))
-            return 0
-        if args.command == "items":
-            return _items(settings, args)
-        if args.command == "forget":
-            return asyncio.run(_forget(settings, args.user_id))
-        if args.command == "tail":
-            asyncio.run(_tail(settings, args.user, args.from_beginning, args.idle))
-            return 0
-        if args.command == "bench":
-            return run_bench_command(settings, args)
-        from stream.tools.demo import run_demo
-
-        return run_demo(settings, events=args.events, rate=args.rate, users=args.users)
+        return COMMANDS[args.command](settings, args)
     except StreamrecError as exc:
         print(f"streamrec: error: {exc}", file=sys.stderr)
         return 2

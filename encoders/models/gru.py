@@ -9,7 +9,7 @@ tower's projected title vectors and searches add their projected query vector (e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,7 @@ from torch.nn import functional
 
 from encoders.models.inputs import TYPE_IDS
 from encoders.models.item_tower import TextProjection
-from encoders.models.ranker import Ranker
-from encoders.models.session_head import RepeatHead, next_item_loss
+from encoders.models.session_head import SessionHeadConfig, build_heads, next_item_loss
 from stream.errors import ConfigError
 
 
@@ -35,17 +34,20 @@ class RecurrentConfig:
     query_buckets: int = 16384  # hashed token vocabulary for search queries
     max_query_tokens: int = 8  # tokens of a query that are used
     dropout: float = 0.1  # on the step inputs, training only
-    repeat_window: int = 0  # recent item events the repeat head scores (0 = no head, as before issue 8)
-    neighbours: int = 0  # co-occurring items per recent item the session head scores (0 = none)
     text_dim: int = 0  # MiniLM vector size of the item tower's text half (0 = id embeddings only)
     id_dropout: float = 0.1  # share of item ids hidden per training batch when text_dim > 0 (cold start)
-    ranker_hidden: int = 0  # the learned re-ranker's hidden units (0 = none; encoders/models/ranker.py)
-    ranker_rules: int = 0  # sequential rules kept per item for the re-ranker
-    ranker_candidates: int = 0  # best items by the first-stage score that the re-ranker re-orders
+    # The session head and re-ranker: SessionHeadConfig's defaults, the same for every model (its comments say why)
+    head: SessionHeadConfig = field(default_factory=SessionHeadConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form, flat as every artifact has it: the head's fields are top-level keys
+        (``SessionHeadConfig.to_flat``; encoders/models/registry.py ``model_from_config`` reads it back)."""
+        return {k: v for k, v in asdict(self).items() if k != "head"} | self.head.to_flat()
+
+    @property
+    def ranker_candidates(self) -> int:
+        """Items the re-ranker re-orders (0 without one), as the evaluation and the worker read it."""
+        return self.head.ranker_candidates
 
     @property
     def state_size(self) -> int:
@@ -68,10 +70,7 @@ class RecurrentModel(nn.Module):
         self.rnn = rnn_cls(config.dim, config.hidden, batch_first=True)
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, config.dim)
-        self.repeat = RepeatHead(config.dim, config.repeat_window, config.n_items, config.neighbours) \
-            if config.repeat_window or config.neighbours else None
-        self.ranker = Ranker(config.n_items, config.ranker_hidden, config.ranker_rules) \
-            if config.ranker_hidden else None
+        self.repeat, self.ranker = build_heads(config.head, config.dim, config.n_items)
         self.text = TextProjection(config.n_items, config.text_dim, config.dim, config.id_dropout) \
             if config.text_dim else None
         nn.init.normal_(self.item_emb.weight, std=0.05)

@@ -21,14 +21,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from encoders.models.inputs import TYPE_IDS
-from encoders.models.session_head import NumpyRepeatHead
+from stream.errors import ConfigError
+
+if TYPE_CHECKING:  # session_head.py builds the ranker from its config, so it imports this module
+    from encoders.models.session_head import NumpyRepeatHead
 
 FEATURES = (
     "inner",  # the model's inner product
@@ -55,13 +58,36 @@ HISTORY = 10  # recent item events the session features look at
 PURCHASE_TYPE = TYPE_IDS["purchase"]
 
 
-@dataclass(frozen=True)
-class RankerConfig:
-    """The ranker's shape and fit; saved in the model config as ``ranker_*`` fields."""
+def count_setting(setting: str, value: object, least: int = 0) -> int:
+    """``value`` as a whole number of at least ``least``, else ConfigError naming ``setting``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(setting, f"must be a whole number >= {least}, got {value!r}")
+    return value
 
-    hidden: int = 32
-    candidates: int = 100  # best items by the mix score that the ranker re-orders
-    rules: int = 50  # followers and predecessors kept per item
+
+@dataclass(frozen=True)
+class RankerShape:
+    """The re-ranker's size, the part of :class:`RankerConfig` a model keeps: ``SessionHeadConfig.ranker``
+    (encoders/models/session_head.py), saved in the model config as the ``ranker_*`` keys.
+
+    Each default is the value ``train --ranker`` fits with (encoders/training/train.py ``RANKER``): the shape of
+    the best measured yoochoose model (MRR@20 0.2394 with the kNN mix), so changing one changes what is trained.
+    """
+
+    hidden: int = 32  # the MLP's hidden units (the measured model's)
+    candidates: int = 100  # best items by the mix score that the ranker re-orders; the index returns at least as many
+    rules: int = 50  # followers and predecessors kept per item (the measured model's)
+
+    def __post_init__(self) -> None:
+        count_setting("ranker_hidden", self.hidden, least=1)  # no re-ranker is SessionHeadConfig.ranker = None
+        count_setting("ranker_candidates", self.candidates)
+        count_setting("ranker_rules", self.rules)
+
+
+@dataclass(frozen=True)
+class RankerConfig(RankerShape):
+    """The ranker's shape and fit; the shape is saved with the model (:attr:`shape`), the fit in its metrics."""
+
     epochs: int = 30
     lr: float = 3e-3
     max_events: int = 30_000  # validation targets it is fitted on
@@ -69,6 +95,11 @@ class RankerConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+    @property
+    def shape(self) -> RankerShape:
+        """The part a model keeps (its config compares equal after an artifact round trip without the fit)."""
+        return RankerShape(hidden=self.hidden, candidates=self.candidates, rules=self.rules)
 
 
 class Ranker(nn.Module):

@@ -10,11 +10,16 @@ buffers): a hybrid of the sequence model and session co-occurrence, with the mix
 
 The same arithmetic runs in numpy (:class:`NumpyRepeatHead`) both for offline evaluation and for
 ``UserEncoder.repeat_scores``, so online scores equal offline ones.
+
+:class:`SessionHeadConfig` is the one config of the head and of the learned re-ranker of its mix
+(encoders/models/ranker.py), held by every model config as its ``head`` field; :func:`build_heads` makes both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +28,88 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from encoders.models.inputs import SEARCH_TYPE, TYPE_IDS
+from encoders.models.ranker import Ranker, RankerShape, count_setting
+from stream.errors import ConfigError
 
 NEIGHBOUR_HISTORY = 10  # recent item events whose co-occurring items get a bonus
+# The head's keys in the flat form of a model config: what artifacts store and what ``--option`` sets.
+FLAT_FIELDS = ("repeat_window", "neighbours", "ranker_hidden", "ranker_rules", "ranker_candidates")
+
+
+@dataclass(frozen=True)
+class SessionHeadConfig:
+    """The session head and the re-ranker of a model, whatever the model (field ``head`` of its config).
+
+    Saved flat, as the :data:`FLAT_FIELDS` keys beside the model's own (:meth:`to_flat`, :meth:`from_flat`):
+    the form every artifact has, and the names ``streamrec train --option`` takes.
+    """
+
+    # The last 50 item events (0 = no repeat part): re-clicks are a quarter of yoochoose's held-out clicks, and
+    # the head lifts the GRU's MRR@20 there (0.1733 -> 0.1863 at 3 epochs); what ``streamrec train`` set
+    # before this was the one default (train.py's DEFAULT_OPTIONS).
+    repeat_window: int = 50
+    # Co-occurring items per recent item (0 = none): off, as the co-occurrence part measured worse on yoochoose
+    # (docs/models.md); ``--option neighbours=50`` turns it on. The fitted kNN mix sets it on its own copy.
+    neighbours: int = 0
+    # None: a re-ranker is attached only once fitted (``train --ranker``: encoders/training/ranker_fit.py
+    # ``with_ranker``), as an unfitted one would re-order the best candidates at random.
+    ranker: RankerShape | None = None
+
+    def __post_init__(self) -> None:
+        count_setting("repeat_window", self.repeat_window)
+        count_setting("neighbours", self.neighbours)
+        if self.ranker is not None and type(self.ranker) is not RankerShape:  # e.g. a RankerConfig with its fit
+            raise ConfigError("ranker", f"must be a RankerShape (RankerConfig.shape), got {type(self.ranker).__name__}")
+
+    @property
+    def ranker_candidates(self) -> int:
+        """Items the re-ranker re-orders; 0 without one."""
+        return self.ranker.candidates if self.ranker is not None else 0
+
+    def to_flat(self) -> dict[str, int]:
+        """The :data:`FLAT_FIELDS` keys of a saved model config (no re-ranker: ``ranker_*`` all 0)."""
+        r = self.ranker
+        return {"repeat_window": self.repeat_window, "neighbours": self.neighbours,
+                "ranker_hidden": r.hidden if r else 0, "ranker_rules": r.rules if r else 0,
+                "ranker_candidates": r.candidates if r else 0}
+
+    @classmethod
+    def from_flat(cls, fields: Mapping[str, Any],
+                  absent: SessionHeadConfig | None = None) -> tuple[SessionHeadConfig, dict[str, Any]]:
+        """The head named by the :data:`FLAT_FIELDS` keys of ``fields`` (model options or a saved model
+        config) and the other keys. A missing key is ``absent``'s value: the defaults for a new model,
+        :data:`PRE_HEAD` for a saved config. ``ranker_hidden`` > 0 makes a re-ranker (0: none, and then its
+        rules and candidates must be 0 too); its other keys default to :class:`RankerShape`'s."""
+        base = cls() if absent is None else absent
+        given = {k: fields[k] for k in FLAT_FIELDS if k in fields}
+        rest = {k: v for k, v in fields.items() if k not in FLAT_FIELDS}
+        shape = base.ranker if base.ranker is not None else RankerShape()
+        hidden = given.get("ranker_hidden", base.ranker.hidden if base.ranker is not None else 0)
+        ranker = None
+        if hidden != 0:
+            ranker = RankerShape(hidden=hidden, candidates=given.get("ranker_candidates", shape.candidates),
+                                 rules=given.get("ranker_rules", shape.rules))
+        else:
+            for name in ("ranker_rules", "ranker_candidates"):
+                if given.get(name, 0) != 0:
+                    raise ConfigError(name, "is a re-ranker's: set ranker_hidden > 0 too (0 = no re-ranker)")
+        head = cls(repeat_window=given.get("repeat_window", base.repeat_window),
+                   neighbours=given.get("neighbours", base.neighbours), ranker=ranker)
+        return head, rest
+
+
+# What a saved model config without some of the FLAT_FIELDS keys had: those keys came with the repeat head, its
+# neighbours and the re-ranker, each off before it. Only GRU/LSTM artifacts can lack repeat_window (SASRec's
+# config had it from its first version), and an artifact loads strictly, so a head it never had must not appear.
+PRE_HEAD = SessionHeadConfig(repeat_window=0)
+
+
+def build_heads(config: SessionHeadConfig, dim: int, n_items: int) -> tuple[RepeatHead | None, Ranker | None]:
+    """A model's session head (None with neither a repeat window nor neighbours) and re-ranker (None without)."""
+    head = RepeatHead(dim, config.repeat_window, n_items, config.neighbours) \
+        if config.repeat_window or config.neighbours else None
+    ranker = Ranker(n_items, config.ranker.hidden, config.ranker.rules) if config.ranker is not None else None
+    return head, ranker
 
 
 class RepeatHead(nn.Module):

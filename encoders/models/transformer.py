@@ -8,15 +8,15 @@ as the user's state (item row, type and query tokens of each event, as float32) 
 Serving is a window recompute, not a key/value cache, by size and by measurement: a cache holds
 2 * layers * window * dim floats per user (3,072 at the defaults, 12 KB) against the 1 KB state budget, and
 once the window slides every cached position changes (positions count from the window's start). The
-recompute of a 12-event window of 2 layers measured ~40 us per user at batch 256 in numpy on this shared CPU
-(16 events: ~55 us, over the 50 us target; 1 layer of 20 events: ~19 us). Scores are inner products with the
+recompute of a 12-event window of 2 layers fits the 50 us per user budget at batch 256 (``streamrec bench
+encoders``; figures in docs/benchmarks.md), a longer window would not. Scores are inner products with the
 item embeddings (inner-product index) plus the session head's bonus (encoders/models/session_head.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from encoders.models.inputs import TYPE_IDS
-from encoders.models.ranker import Ranker
-from encoders.models.session_head import RepeatHead, next_item_loss
+from encoders.models.session_head import SessionHeadConfig, build_heads, next_item_loss
 from stream.errors import ConfigError
 
 
@@ -42,15 +41,18 @@ class SasrecConfig:
     dropout: float = 0.2  # on embeddings, attention and MLP outputs, training only
     query_buckets: int = 16384  # hashed token vocabulary for search queries
     max_query_tokens: int = 8  # tokens of a query that are used
-    repeat_window: int = 50  # recent item events the repeat head scores (0 = no head)
-    neighbours: int = 0  # co-occurring items per recent item the session head scores (0 = none)
-    ranker_hidden: int = 0  # the learned re-ranker's hidden units (0 = none; encoders/models/ranker.py)
-    ranker_rules: int = 0  # sequential rules kept per item for the re-ranker
-    ranker_candidates: int = 0  # best items by the first-stage score that the re-ranker re-orders
+    # The session head and re-ranker: SessionHeadConfig's defaults, the same for every model (its comments say why)
+    head: SessionHeadConfig = field(default_factory=SessionHeadConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form, flat as every artifact has it: the head's fields are top-level keys
+        (``SessionHeadConfig.to_flat``; encoders/models/registry.py ``model_from_config`` reads it back)."""
+        return {k: v for k, v in asdict(self).items() if k != "head"} | self.head.to_flat()
+
+    @property
+    def ranker_candidates(self) -> int:
+        """Items the re-ranker re-orders (0 without one), as the evaluation and the worker read it."""
+        return self.head.ranker_candidates
 
     @property
     def cell(self) -> str:
@@ -103,10 +105,7 @@ class SasrecModel(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.ln_f = nn.LayerNorm(config.dim)
-        self.repeat = RepeatHead(config.dim, config.repeat_window, config.n_items, config.neighbours) \
-            if config.repeat_window or config.neighbours else None
-        self.ranker = Ranker(config.n_items, config.ranker_hidden, config.ranker_rules) \
-            if config.ranker_hidden else None
+        self.repeat, self.ranker = build_heads(config.head, config.dim, config.n_items)
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()

@@ -12,7 +12,7 @@ period and over its last RECENT_DAYS days.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -33,10 +33,10 @@ RECENT_DAYS = 7.0  # the recent-popularity window
 
 def with_ranker(model: SequenceModel, config: RankerConfig, tables: RankerTables,
                 fitted: Ranker | None = None) -> SequenceModel:
-    """A copy of ``model`` with a re-ranker holding ``tables`` (and the MLP and scaling of ``fitted``)."""
-    fields: dict[str, Any] = {"ranker_hidden": config.hidden, "ranker_rules": config.rules,
-                              "ranker_candidates": config.candidates}
-    ranked = model_from_config(model.config.cell, model.config.to_dict() | fields)
+    """A copy of ``model`` with a re-ranker of ``config``'s shape holding ``tables`` (and the MLP and scaling of
+    ``fitted``); the fit settings stay out of the model's config."""
+    head = replace(model.config.head, ranker=config.shape)
+    ranked = model_from_config(model.config.cell, model.config.to_dict() | head.to_flat())
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("ranker.")}
     ranked.load_state_dict(state, strict=False)
     assert ranked.ranker is not None

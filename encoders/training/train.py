@@ -46,11 +46,10 @@ from encoders.training.sequences import (
 )
 from stream.errors import ConfigError
 
-# Model-config fields every trained model gets unless ``options`` say otherwise: the session head's repeat part
-# (the last 50 item events). Its co-occurrence part (``neighbours``) and stacking (``head_fraction``) are off:
-# on yoochoose both measured worse (README). Model dataclass defaults stay off so artifacts written before
-# the head load unchanged.
-DEFAULT_OPTIONS: dict[str, Any] = {"repeat_window": 50}
+# A trained model's session head is the model config's default (encoders/models/session_head.py
+# SessionHeadConfig: the repeat part on, the co-occurrence part off) unless ``options`` say otherwise. Stacking
+# (``head_fraction``) is off: on yoochoose it measured worse (docs/models.md).
+
 RANKER = RankerConfig()  # the re-ranker's shape and fit, when TrainConfig.ranker is set
 
 
@@ -112,7 +111,7 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
         titles = TextTable((texts.get(item) for item in vocabulary), encoder.encode, DIM)
         queries = TextTable((e.query for e in events), encoder.encode, DIM)
         options = {"text_dim": DIM} | (options or {})
-    model_options = DEFAULT_OPTIONS | (options or {})
+    model_options = options or {}  # flat: the model config's fields and the session head's (registry.py)
 
     def fresh() -> SequenceModel:
         built = build_model(cell, len(vocabulary), model_options)

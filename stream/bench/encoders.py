@@ -27,7 +27,7 @@ from encoders.training.events import DatasetEvent
 from stream.errors import ConfigError
 from stream.tools.datasets import load_events
 
-TARGET_US = 50.0  # issue 8: a GRU or SASRec step costs at most this much CPU per user at batch 256
+TARGET_US = 50.0  # the serving budget: a GRU or SASRec step costs at most this much CPU per user at batch 256
 N_ITEMS = 10_000  # vocabulary of the benchmarked models (movielens_latest_small has ~9.7k movies)
 
 

@@ -123,9 +123,8 @@ def collector_paused() -> Iterator[None]:
     before the step and after it instead.
 
     The sender stamps each event's ``ts`` and the reader each output's arrival, so a pause here adds to every
-    latency in flight. Logged in this process during a 30-s run at 1,000/s: seven full collections of
-    13-137 ms (five over 100 ms), one every few seconds as the outputs pile up; they set the p99 of every
-    system measured, bare Faust included. Memory is freed by reference counting meanwhile."""
+    latency in flight: its full collections, as the outputs pile up, would set the p99 of every system
+    measured (docs/benchmarks.md). Memory is freed by reference counting meanwhile."""
     gc.collect()
     gc.disable()
     try:

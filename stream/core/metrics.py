@@ -69,6 +69,13 @@ class Metrics:
         self.consumer_lag = Gauge(
             "streamrec_worker_consumer_lag_messages", "Messages in an assigned input partition not yet processed.",
             ["topic", "partition"], registry=registry)
+        self.ready = Gauge(
+            "streamrec_worker_ready",
+            "1 once the worker has read the catalog and the current model releases and answers events.",
+            registry=registry)
+        self.assigned_partitions = Gauge(
+            "streamrec_worker_assigned_partitions", "Input partitions assigned to this worker after a rebalance.",
+            registry=registry)
         self.index_items = Gauge(
             "streamrec_index_items", "Items searchable in the serving index.", registry=registry)
         self.state_users = Gauge(

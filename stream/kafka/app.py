@@ -6,10 +6,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 from aiokafka import ConsumerRecord
 from aiokafka.errors import IllegalStateError, KafkaError
+from faust.types import TP
 from faust.types.tables import TableT
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -110,6 +112,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         await reloader.wait_idle()
         log.info("catalog read (%d items); serving model %s", len(recommender.catalog), recommender.served.version)
         ready.set()
+        metrics.ready.set(1)
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_catalog_and_models() -> None:
@@ -117,11 +120,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     inputs = set(settings.input_topics.values())
 
+    def assigned_inputs() -> list[TP]:
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
+        metrics.assigned_partitions.set(len(assigned))
+        return assigned
+
+    async def rebalanced(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned_inputs()  # at once, not at the next lag report: readiness probes and tests wait on it
+
+    app.on_rebalance_complete.connect(rebalanced)
+
     @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
         """Lag = end offset - next offset to process, per assigned input partition; users in state."""
         metrics.state_users.set(len(states))
-        assigned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
+        assigned = assigned_inputs()
         metrics.consumer_lag.clear()  # partitions this worker lost in a rebalance must not linger
         if not assigned:
             return

@@ -5,9 +5,8 @@ has data (``fetch_max_wait_ms=1500``, not configurable), and aiokafka keeps one 
 (it fetches only the partitions whose last records have all been handed out). Faust hands a fetched batch to
 the agents at their own pace, so by the time a busy input partition is drained, the fetch in flight often
 asks only for idle ones (erasures, items, an input topic with nothing new) and the broker holds it: the busy
-partitions' next records wait behind it. In a worker behind by thousands of events, 0.3-1.7 s of every 3-6 s
-went to waiting for the next batch, and the event loop idled 20-30% of the time (README, "Performance"). A short
-wait bounds that stall; its cost is an empty fetch per wait when nothing arrives (0.06 vs 0.02 cores idle).
+partitions' next records wait behind it, and a worker that fell behind idles instead of catching up. A short
+wait bounds that stall; its cost is an empty fetch per wait when nothing arrives (figures: docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -52,11 +52,10 @@ def freeze_heap() -> int:
     """Collect once, then move every object alive now (torch, transformers, Faust, the model and its index:
     about 250k objects) to the collector's permanent generation; returns how many.
 
-    They live as long as the process, yet each full collection walked them all with the event loop stopped:
-    122 ms, about every 30 s in a worker at 1,000 events/s, and 125-130 ms in-process. After the freeze the
-    worker's full collection took 4.7 ms. Frozen objects are still freed by reference counting (a model
-    swapped out goes that way); only a reference cycle among them would outlive its use. Call it once the
-    app is built, before it consumes."""
+    They live as long as the process, yet each full collection walked them all with the event loop stopped,
+    a pause of a hundred milliseconds and more (figures: docs/benchmarks.md). Frozen objects are still freed
+    by reference counting (a model swapped out goes that way); only a reference cycle among them would outlive
+    its use. Call it once the app is built, before it consumes."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from stream.config import Settings
@@ -63,6 +64,7 @@ class ModelReloader:
         if release.version == current:
             return
         catalog = self.recommender.catalog.copy()  # the live catalog keeps changing while this builds
+        started = time.monotonic()
         try:
             served = await asyncio.to_thread(load_indexed_model, Path(release.path), self.settings, catalog,
                                              arm.rules.filters)
@@ -74,6 +76,7 @@ class ModelReloader:
             self.metrics.model_reload_failures.inc()
             return
         self.recommender.swap(served, catalog.seq, release.variant)
-        log.info("variant %s now serves model %s (was %s)", release.variant, served.version, current)
+        log.info("variant %s now serves model %s (was %s), loaded and indexed in %.2f s", release.variant,
+                 served.version, current, time.monotonic() - started)
         self.metrics.model_swaps.inc()
         self.metrics.model.labels(variant=release.variant).info(served.info())

@@ -1,6 +1,6 @@
 """The shared real datasets as time-ordered click / search / purchase events.
 
-How each dataset maps to events (also in the README):
+How each dataset maps to events (also in docs/models.md):
 
 * ``movielens`` (movielens_latest_small): a rating >= 4.0 is a purchase (the user took the movie), a lower
   rating is a click (viewed, not taken), a free-text tag is a search whose query is the tag. User = userId.

@@ -16,7 +16,7 @@ from stream.kafka.consume import RecommendationReader, wait_until_serving
 from stream.kafka.publish import publish_model
 from stream.local.processes import start_worker, stop_worker
 from tests.artifacts import copy_artifact
-from tests.streaming import click, collect, send
+from tests.streaming import click, collect, send, wait_for_metric
 
 
 def test_variants_are_served_side_by_side(settings: Settings, tmp_path: Path) -> None:
@@ -40,7 +40,8 @@ def test_variants_are_served_side_by_side(settings: Settings, tmp_path: Path) ->
             await send(settings, [(settings.topic_clicks, u.encode(), click(u, item, f"{u}-1")) for u in users])
             before = await collect(reader, {f"{u}-1" for u in users}, timeout_s=20)
             await publish_model(settings, b2, variant="treatment")
-            await asyncio.sleep(3)  # load and index in the background, then swap
+            # The release loads and indexes in the background, then swaps in: wait for that, however long.
+            await asyncio.to_thread(wait_for_metric, settings.metrics_port, ["streamrec_model_swaps_total"], 1)
             await send(settings, [(settings.topic_clicks, u.encode(), click(u, item, f"{u}-2")) for u in users])
             after = await collect(reader, {f"{u}-2" for u in users}, timeout_s=20)
             await reader.stop()

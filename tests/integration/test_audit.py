@@ -13,7 +13,7 @@ from stream.local.processes import start_worker, stop_worker
 from stream.tools.audit import audit
 from stream.tools.datasets import load_events
 from stream.tools.replay import replay
-from tests.streaming import send
+from tests.streaming import send, wait_for_metric
 
 
 def test_audit_of_a_clean_run_then_of_an_unanswered_event(settings: Settings) -> None:
@@ -25,7 +25,9 @@ def test_audit_of_a_clean_run_then_of_an_unanswered_event(settings: Settings) ->
         asyncio.run(replay(settings, events, rate=200.0))
         asyncio.run(send(settings, [(settings.topic_clicks, b"odd", b"{broken"),
                                     (settings.topic_purchases, b"odd", b'{"schema_version": 1}')]))
-        time.sleep(4)
+        # Every record answered (a list or a dead letter) before the worker stops: however long that takes here.
+        wait_for_metric(settings.metrics_port, ["streamrec_worker_recommendations_total",
+                                                "streamrec_worker_dead_letters_total"], len(events) + 2)
     finally:
         stop_worker(proc)
     report = asyncio.run(audit(settings)).summary()

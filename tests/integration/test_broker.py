@@ -89,9 +89,13 @@ def test_a_worker_started_before_kafka_waits_for_it_then_serves(tmp_path: Path, 
     proc = start_worker(settings, artifact_dir, log)
     kafka = LocalKafka(tmp_path / "kafka", KafkaJars(JARS_DIR), [BrokerNode(1, port, free_port())])
     try:
-        time.sleep(6)
+        # Kafka stays down until the worker has tried and retried (two warnings), however long its start takes.
+        deadline = time.monotonic() + 180
+        while (not log.exists() or log.read_text().count("not reachable yet") < 2) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the worker gave up while Kafka was down"
+            time.sleep(0.2)
+        assert log.read_text().count("not reachable yet") >= 2, log.read_text()[-3000:]
         assert proc.poll() is None, "the worker gave up while Kafka was down"
-        assert "not reachable yet" in log.read_text()
         kafka.start(timeout=120)
         asyncio.run(ensure_topics(settings))
         seconds = asyncio.run(wait_until_serving(settings, timeout_s=90, alive=lambda: proc.poll() is None))

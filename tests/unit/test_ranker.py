@@ -10,7 +10,8 @@ import torch
 
 from encoders.artifact import ModelArtifact
 from encoders.models.gru import RecurrentConfig, RecurrentModel
-from encoders.models.ranker import FEATURES, Ranker, RankerConfig
+from encoders.models.ranker import FEATURES, Ranker, RankerConfig, RankerShape
+from encoders.models.session_head import SessionHeadConfig
 from encoders.serving import UserEncoder
 from encoders.training.baselines import ItemKnn
 from encoders.training.evaluation import model_scorer
@@ -71,7 +72,7 @@ def test_fit_refuses_examples_without_a_reachable_target() -> None:
 def _ranked_model(candidates: int) -> RecurrentModel:
     train = {f"u{n}": _seq([1, 2, 3, 6, 7]) for n in range(4)} | {"v": _seq([4, 5, 1, 8, 2])}
     torch.manual_seed(5)
-    model = RecurrentModel(RecurrentConfig(n_items=9, dim=8, hidden=8, repeat_window=4)).eval()
+    model = RecurrentModel(RecurrentConfig(n_items=9, dim=8, hidden=8, head=SessionHeadConfig(repeat_window=4))).eval()
     assert model.repeat is not None
     with torch.no_grad():
         model.repeat.weight.normal_()
@@ -80,6 +81,8 @@ def _ranked_model(candidates: int) -> RecurrentModel:
     ranked = with_ranker(mixed, RankerConfig(hidden=6, candidates=candidates, rules=3),
                          ranker_tables(train, 50.0, 9, 3))
     assert isinstance(ranked, RecurrentModel) and ranked.ranker is not None
+    assert ranked.config.head == SessionHeadConfig(repeat_window=4, neighbours=4,  # the fit settings stay out
+                                                   ranker=RankerShape(hidden=6, candidates=candidates, rules=3))
     with torch.no_grad():
         for p in ranked.ranker.mlp.parameters():
             p.normal_()

@@ -104,12 +104,13 @@ def test_served_repeat_scores_equal_offline_scores() -> None:
 
     from encoders.artifact import ModelArtifact
     from encoders.models.gru import RecurrentConfig, RecurrentModel
+    from encoders.models.session_head import SessionHeadConfig
     from encoders.serving import UserEncoder
     from encoders.training.evaluation import model_scorer
     from encoders.training.sequences import UserSequence
 
     torch.manual_seed(3)
-    model = RecurrentModel(RecurrentConfig(n_items=30, dim=8, hidden=8, repeat_window=4)).eval()
+    model = RecurrentModel(RecurrentConfig(n_items=30, dim=8, hidden=8, head=SessionHeadConfig(repeat_window=4))).eval()
     assert model.repeat is not None
     with torch.no_grad():
         model.repeat.weight.normal_()
@@ -139,6 +140,7 @@ def test_mix_adds_item_knn_votes_to_the_model_scores() -> None:
 
     from encoders.artifact import ModelArtifact
     from encoders.models.gru import RecurrentConfig, RecurrentModel
+    from encoders.models.session_head import SessionHeadConfig
     from encoders.serving import UserEncoder
     from encoders.training.baselines import ItemKnn
     from encoders.training.evaluation import model_scorer
@@ -153,7 +155,7 @@ def test_mix_adds_item_knn_votes_to_the_model_scores() -> None:
     train = {f"u{n}": seq([1, 2, 3, 6], 0.0) for n in range(5)} | {"v": seq([4, 5, 1], 0.0)}
     knn = ItemKnn(train, cutoff=50.0, n_items=6)
     torch.manual_seed(4)
-    model = RecurrentModel(RecurrentConfig(n_items=6, dim=8, hidden=8, repeat_window=4)).eval()
+    model = RecurrentModel(RecurrentConfig(n_items=6, dim=8, hidden=8, head=SessionHeadConfig(repeat_window=4))).eval()
     assert model.repeat is not None
     with torch.no_grad():
         model.repeat.weight.normal_()
@@ -189,3 +191,112 @@ def test_tied_targets_count_at_a_random_position_among_their_ties() -> None:
     assert abs(tied["mrr@20"] - sum(1 / (j + 1) for j in range(5, 20)) / 95) < 1e-12
     missed = _metrics([(25, 1), (100, 1)], 0, 100, [0.0, 0.0])
     assert missed["recall@20"] == missed["mrr@20"] == missed["ndcg@10"] == 0.0
+
+
+def test_every_model_has_the_one_session_head_default() -> None:
+    """The head and re-ranker fields live in SessionHeadConfig only, and every model (and training) takes its
+    defaults: a model config that declares one of them again, or a default of its own, fails here."""
+    import dataclasses
+
+    from encoders.models.gru import RecurrentConfig
+    from encoders.models.registry import MODELS, build_model
+    from encoders.models.session_head import FLAT_FIELDS, SessionHeadConfig
+    from encoders.models.transformer import SasrecConfig
+
+    for config_type in (RecurrentConfig, SasrecConfig):
+        own = {f.name: f for f in dataclasses.fields(config_type)}
+        assert not set(FLAT_FIELDS) & set(own), config_type  # no flat copy beside ``head``
+        assert own["head"].default_factory is SessionHeadConfig, config_type  # no default of its own
+    defaults = SessionHeadConfig()
+    assert RecurrentConfig(n_items=3).head == SasrecConfig(n_items=3).head == defaults
+    assert all(build_model(name, 3).config.head == defaults for name in MODELS)
+    flat = [build_model(name, 3).config.to_dict() for name in MODELS]
+    assert all({k: f[k] for k in FLAT_FIELDS} == defaults.to_flat() for f in flat)
+    assert defaults.repeat_window == 50 and defaults.neighbours == 0 and defaults.ranker is None
+
+
+def test_a_trained_artifact_keeps_the_flat_config_and_the_default_head(artifact_dir: Path) -> None:
+    from encoders.models.registry import model_from_config
+    from encoders.models.session_head import FLAT_FIELDS, SessionHeadConfig
+
+    saved = json.loads((artifact_dir / "config.json").read_text())["model_config"]
+    assert "head" not in saved and set(FLAT_FIELDS) <= set(saved)  # the flat form older artifacts have
+    art = load_artifact(artifact_dir)
+    assert art.model.config.head == SessionHeadConfig()  # training adds nothing to the model default
+    assert art.model.config.to_dict() == saved
+    assert model_from_config("gru", saved).config == art.model.config
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm", "sasrec"])
+@pytest.mark.parametrize("head", ["default", "off", "neighbours and ranker"])
+def test_flat_model_config_round_trip(name: str, head: str) -> None:
+    """``model_from_config(name, config.to_dict())`` (through JSON, as an artifact) rebuilds an equal model."""
+    import torch
+
+    from encoders.models.ranker import RankerShape
+    from encoders.models.registry import build_model, model_from_config
+    from encoders.models.session_head import FLAT_FIELDS, SessionHeadConfig
+
+    heads = {"default": SessionHeadConfig(), "off": SessionHeadConfig(repeat_window=0),
+             "neighbours and ranker": SessionHeadConfig(repeat_window=4, neighbours=3,
+                                                        ranker=RankerShape(hidden=6, candidates=5, rules=2))}
+    torch.manual_seed(0)
+    model = build_model(name, 7, {"dim": 8} | heads[head].to_flat())
+    assert model.config.head == heads[head]
+    flat = json.loads(json.dumps(model.config.to_dict()))
+    assert "head" not in flat and {k: flat[k] for k in FLAT_FIELDS} == heads[head].to_flat()
+    again = model_from_config(name, flat)
+    assert type(again) is type(model) and again.config == model.config and again.config.to_dict() == flat
+    assert again.config.ranker_candidates == (5 if heads[head].ranker else 0)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in again.state_dict().items()} == shapes
+    again.load_state_dict(model.state_dict(), strict=True)
+    assert (again.repeat is None) == (head == "off") and (again.ranker is None) == (head != "neighbours and ranker")
+
+
+def test_saved_flat_configs_of_every_age_load(tmp_path: Path) -> None:
+    """The flat ``model_config`` of today's artifacts reads back to the same dict; one written before the session
+    head (issue 8) lacks its keys and loads with no head, as it was trained."""
+    from encoders.artifact import save_artifact
+    from encoders.models.ranker import RankerShape
+    from encoders.models.registry import model_from_config
+    from encoders.models.session_head import PRE_HEAD, SessionHeadConfig
+
+    base = {"n_items": 9, "cell": "gru", "dim": 8, "hidden": 8, "query_buckets": 16384, "max_query_tokens": 8,
+            "dropout": 0.1}
+    ranked = base | {"repeat_window": 50, "neighbours": 4, "text_dim": 0, "id_dropout": 0.1, "ranker_hidden": 32,
+                     "ranker_rules": 50, "ranker_candidates": 100}
+    model = model_from_config("gru", ranked)
+    assert model.config.head == SessionHeadConfig(repeat_window=50, neighbours=4, ranker=RankerShape())
+    assert model.config.to_dict() == ranked and model.ranker is not None
+    sasrec = {"n_items": 9, "dim": 8, "heads": 2, "layers": 1, "window": 4, "dropout": 0.2, "query_buckets": 16384,
+              "max_query_tokens": 8, "repeat_window": 50, "neighbours": 0, "ranker_hidden": 0, "ranker_rules": 0,
+              "ranker_candidates": 0}
+    assert model_from_config("sasrec", sasrec).config.to_dict() == sasrec
+    old = model_from_config("gru", base)
+    assert old.config.head == PRE_HEAD and old.repeat is None and old.ranker is None
+    assert not any(k.startswith(("repeat.", "ranker.")) for k in old.state_dict())
+    folder = save_artifact(old, [f"i{n}" for n in range(1, 10)], {}, "test", tmp_path)
+    written = json.loads((folder / "config.json").read_text())
+    written["model_type"], written["model_config"] = "recurrent", base  # as the first artifacts were written
+    (folder / "config.json").write_text(json.dumps(written))
+    assert load_artifact(folder).model.config == old.config  # its weights load strictly
+
+
+def test_model_options_keep_their_flat_names_and_bad_ones_are_config_errors() -> None:
+    """``streamrec train --option repeat_window=10`` and the like name the head's fields flat, as before."""
+    from encoders.models.ranker import RankerShape
+    from encoders.models.registry import build_model
+    from encoders.models.session_head import SessionHeadConfig
+    from stream.errors import ConfigError
+
+    model = build_model("gru", 5, {"repeat_window": 10, "neighbours": 2, "ranker_hidden": 4, "hidden": 16})
+    assert model.config.head == SessionHeadConfig(repeat_window=10, neighbours=2, ranker=RankerShape(hidden=4))
+    assert model.config.hidden == 16
+    for options, setting in [({"repeat_windw": 3}, "repeat_windw"), ({"repeat_window": -1}, "repeat_window"),
+                             ({"neighbours": "many"}, "neighbours"), ({"ranker_candidates": 10}, "ranker_candidates"),
+                             ({"ranker_hidden": 4, "ranker_rules": -2}, "ranker_rules"), ({"head": {}}, "head"),
+                             ({"text_dim": 8}, "text_dim")]:
+        with pytest.raises(ConfigError) as err:
+            build_model("sasrec", 5, options)
+        assert err.value.setting == setting, options

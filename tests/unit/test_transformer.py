@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encoders.models.inputs import query_tokens
-from encoders.models.session_head import NumpyRepeatHead
+from encoders.models.session_head import NumpyRepeatHead, SessionHeadConfig
 from encoders.models.transformer import NumpySasrecStep, SasrecConfig, SasrecModel
 
 
@@ -48,8 +48,8 @@ def test_loss_is_finite_and_trains() -> None:
 @pytest.mark.parametrize("neighbours", [0, 3])
 def test_session_head_numpy_equals_torch(neighbours: int) -> None:
     torch.manual_seed(2)
-    model = SasrecModel(SasrecConfig(n_items=10, dim=8, heads=2, window=8, max_query_tokens=2, repeat_window=4,
-                                     neighbours=neighbours))
+    model = SasrecModel(SasrecConfig(n_items=10, dim=8, heads=2, window=8, max_query_tokens=2,
+                                     head=SessionHeadConfig(repeat_window=4, neighbours=neighbours)))
     head = model.repeat
     assert head is not None
     rng = np.random.default_rng(0)
