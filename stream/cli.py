@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 # numpy's OpenBLAS starts a thread per core for larger products. On a machine whose cores are busy (the broker,
-# other workers, training) those threads spin against each other: 24 MiniLM-sized products took 300 ms of CPU
-# with the default threads and 5.4 ms with one, on this 2-core machine under load. One thread per process, as
-# for torch (``torch_threads``), unless the environment says otherwise; set before numpy is first imported.
+# other workers, training) those threads spin against each other (docs/benchmarks.md has the figures). One
+# thread per process, as for torch (``torch_threads``), unless the environment says otherwise; set before numpy
+# is first imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse

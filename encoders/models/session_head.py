@@ -45,8 +45,7 @@ class SessionHeadConfig:
     """
 
     # The last 50 item events (0 = no repeat part): re-clicks are a quarter of yoochoose's held-out clicks, and
-    # the head lifts the GRU's MRR@20 there (0.1733 -> 0.1863 at 3 epochs); what ``streamrec train`` set
-    # before this was the one default (train.py's DEFAULT_OPTIONS).
+    # the head lifts the GRU's MRR@20 there (0.1733 -> 0.1863 at 3 epochs; docs/models.md).
     repeat_window: int = 50
     # Co-occurring items per recent item (0 = none): off, as the co-occurrence part measured worse on yoochoose
     # (docs/models.md); ``--option neighbours=50`` turns it on. The fitted kNN mix sets it on its own copy.

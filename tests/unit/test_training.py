@@ -256,7 +256,7 @@ def test_flat_model_config_round_trip(name: str, head: str) -> None:
 
 def test_saved_flat_configs_of_every_age_load(tmp_path: Path) -> None:
     """The flat ``model_config`` of today's artifacts reads back to the same dict; one written before the session
-    head (issue 8) lacks its keys and loads with no head, as it was trained."""
+    head existed lacks its keys and loads with no head, as it was trained."""
     from encoders.artifact import save_artifact
     from encoders.models.ranker import RankerShape
     from encoders.models.registry import model_from_config
