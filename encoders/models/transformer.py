@@ -8,8 +8,8 @@ as the user's state (item row, type and query tokens of each event, as float32) 
 Serving is a window recompute, not a key/value cache, by size and by measurement: a cache holds
 2 * layers * window * dim floats per user (3,072 at the defaults, 12 KB) against the 1 KB state budget, and
 once the window slides every cached position changes (positions count from the window's start). The
-recompute of a 12-event window of 2 layers fits the 50 us per user budget at batch 256 (``streamrec bench
-encoders``; figures in docs/benchmarks.md), a longer window would not. Scores are inner products with the
+recompute of the 12-event window of 2 layers fits the 50 us per user budget at batch 256 and grows with the
+window (``streamrec bench encoders``; figures in docs/benchmarks.md). Scores are inner products with the
 item embeddings (inner-product index) plus the session head's bonus (encoders/models/session_head.py).
 """
 
