@@ -3,6 +3,7 @@
     <root>/<version>/model.safetensors   weights (no pickle anywhere)
     <root>/<version>/config.json         format, version, dataset, model config, training metrics
     <root>/<version>/items.json          item ids; entry i is embedding row i + 1
+    <root>/<version>/search_blend.json   optional: the search blend (encoders/models/search_blend.py)
 
 The folder is written under a temporary name and renamed, so a reader never sees half an artifact.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from encoders.models.registry import MODELS, SequenceModel, model_from_config
+from encoders.models.search_blend import SearchBlend
 from stream.errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -40,8 +42,9 @@ class ModelArtifact:
 
 
 def save_artifact(model: SequenceModel, item_ids: list[str], metrics: dict[str, Any], dataset: str,
-                  root: Path) -> Path:
-    """Write a new versioned artifact under ``root`` and return its folder."""
+                  root: Path, search_blend: SearchBlend | None = None) -> Path:
+    """Write a new versioned artifact under ``root`` (with the model's search blend, if it has one) and return
+    its folder."""
     if len(item_ids) != model.config.n_items:
         raise ArtifactError(f"{len(item_ids)} item ids for a model of {model.config.n_items} items")
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
@@ -61,6 +64,8 @@ def save_artifact(model: SequenceModel, item_ids: list[str], metrics: dict[str, 
               "created_at": dt.datetime.now(dt.UTC).isoformat(), "metrics": metrics}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "items.json").write_text(json.dumps(item_ids) + "\n")
+    if search_blend is not None:
+        search_blend.save(tmp)
     os.replace(tmp, final)
     return final
 

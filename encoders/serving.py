@@ -13,6 +13,7 @@ from encoders.artifact import ModelArtifact
 from encoders.models.gru import NumpyRecurrentStep
 from encoders.models.inputs import TYPE_IDS, query_tokens
 from encoders.models.ranker import NumpyRanker, session_scores
+from encoders.models.search_blend import NumpyBlend, SearchBlend
 from encoders.models.session_head import NumpyRepeatHead
 from encoders.models.transformer import NumpySasrecStep, SasrecModel
 from encoders.text import TextEncoder
@@ -42,13 +43,36 @@ class UserEncoder:
         self._no_text = np.zeros(config.max_query_tokens, dtype=np.int64)
         self._text_proj: np.ndarray | None = None
         self._text: TextEncoder | None = None
+        self.item_text: np.ndarray | None = None  # (n_items + 1, text_dim) the items' MiniLM vectors, row 0 zero
+        self.blend: NumpyBlend | None = None  # hybrid retrieval for searches (a model with an item tower)
         if isinstance(self._step, NumpyRecurrentStep) and self._step.text_proj is not None:
             self._text_proj = self._step.text_proj  # (text_dim, dim): the item tower's text projection
             self._text = TextEncoder()  # MiniLM, for search queries and new catalog items
+            text = getattr(model, "text", None)
+            if text is not None:
+                self.item_text = text.item_text.detach().numpy().astype(np.float32)
+            blend = SearchBlend.load(artifact.path)
+            self.blend = NumpyBlend(blend) if blend is not None else None
 
     def knows(self, item_id: str) -> bool:
         """Whether the model has an embedding for this item."""
         return item_id in self._rows
+
+    def rows_of(self, item_ids: list[str]) -> np.ndarray:
+        """The model rows of these items (0: an item the model does not know)."""
+        get = self._rows.get
+        return np.fromiter((get(item, 0) for item in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def query_text(self, text: np.ndarray) -> np.ndarray | None:
+        """The query's MiniLM vector (unit length) out of :meth:`encode_text`'s form; None without a text path."""
+        if self._text is None:
+            return None
+        out: np.ndarray = text[self._max_tokens:]
+        return out
+
+    def text_vector(self, text: str) -> np.ndarray | None:
+        """An item text's MiniLM vector (unit length); None when the model has no text path."""
+        return self._text.encode_one(text) if self._text is not None else None
 
     def initial_state(self) -> np.ndarray:
         """The state of a user with no events."""
@@ -94,9 +118,10 @@ class UserEncoder:
         """The vector of an item known only by its text (a new catalog item): the item tower's projection of
         its MiniLM vector (its id embedding is zero). None when the model has no text path, and such an item
         then stays out of the index until a model that knows it is published."""
-        if self._text is None or self._text_proj is None:
+        vector = self.text_vector(text)
+        if vector is None or self._text_proj is None:
             return None
-        out: np.ndarray = (self._text.encode_one(text) @ self._text_proj).astype(np.float32)
+        out: np.ndarray = (vector @ self._text_proj).astype(np.float32)
         return out
 
     @property

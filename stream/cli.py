@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="also replay the test period through the real broker and worker and score the lists")
     ev.add_argument("--rate", type=float, default=400.0, help="events per second of the online replay")
     ev.add_argument("--diversity", default=None, help="MMR strengths to compare, e.g. 0,0.3,0.6 (diversity.md)")
+    ev.add_argument("--search", action="store_true",
+                    help="also measure search quality (movielens, a model with an item tower): search.json")
     t.add_argument("--out", type=Path, default=None, help="artifact root (default <home>/models)")
 
     w = sub.add_parser("worker", help="run a Faust worker")
@@ -191,7 +193,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     except TypeError as exc:  # an --option that is not a field of the model's config
         raise StreamrecError(f"bad --option: {exc}") from None
     path = save_artifact(result.model, result.item_ids, result.metrics, args.dataset,
-                         args.out or settings.home / "models")
+                         args.out or settings.home / "models", result.search_blend)
     print(json.dumps({"artifact": str(path), "eval": result.metrics["eval"]}))
     return 0
 
@@ -301,6 +303,12 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
         for path in args.artifacts:
             print(json.dumps({"diversity": write_diversity_report(path, settings.data_dir, strengths, args.out,
                                                                   max_events=args.max_events)}))
+    if args.search:
+        from stream.tools.search_report import evaluate_search
+
+        for path in args.artifacts:
+            result = evaluate_search(path, settings.data_dir, args.out)
+            print(json.dumps({"search": {k: v for k, v in result.items() if k != "run"}}))
     if args.online:
         from stream.tools.online_eval import evaluate_online, write_online_report
 

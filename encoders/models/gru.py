@@ -9,8 +9,7 @@ tower's projected title vectors and searches add their projected query vector (e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,12 +18,12 @@ from torch.nn import functional
 
 from encoders.models.inputs import TYPE_IDS
 from encoders.models.item_tower import TextProjection
-from encoders.models.session_head import SessionHeadConfig, build_heads, next_item_loss
+from encoders.models.session_head import SessionHeadConfig, WithSessionHead, build_heads, next_item_loss
 from stream.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class RecurrentConfig:
+class RecurrentConfig(WithSessionHead):
     """Hyper-parameters of :class:`RecurrentModel`; saved as JSON inside the artifact."""
 
     n_items: int  # items in the vocabulary; row 0 of the embedding is padding / unknown item
@@ -38,16 +37,6 @@ class RecurrentConfig:
     id_dropout: float = 0.1  # share of item ids hidden per training batch when text_dim > 0 (cold start)
     # The session head and re-ranker: SessionHeadConfig's defaults, the same for every model (its comments say why)
     head: SessionHeadConfig = field(default_factory=SessionHeadConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, flat as every artifact has it: the head's fields are top-level keys
-        (``SessionHeadConfig.to_flat``; encoders/models/registry.py ``model_from_config`` reads it back)."""
-        return {k: v for k, v in asdict(self).items() if k != "head"} | self.head.to_flat()
-
-    @property
-    def ranker_candidates(self) -> int:
-        """Items the re-ranker re-orders (0 without one), as the evaluation and the worker read it."""
-        return self.head.ranker_candidates
 
     @property
     def state_size(self) -> int:

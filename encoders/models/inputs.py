@@ -15,6 +15,12 @@ SEARCH_TYPE = TYPE_IDS["search"]  # searches carry no item
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
+def has_words(query: str) -> bool:
+    """Whether a query holds any letter or digit (in any script); one of emoji, symbols or spaces only
+    claims no text match."""
+    return any(ch.isalnum() for ch in query)
+
+
 def query_tokens(text: str, buckets: int, max_tokens: int) -> list[int]:
     """Hash a free-text query into at most ``max_tokens`` bucket ids in 1..buckets-1 (0 pads).
 

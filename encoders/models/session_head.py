@@ -17,6 +17,7 @@ The same arithmetic runs in numpy (:class:`NumpyRepeatHead`) both for offline ev
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,24 @@ class SessionHeadConfig:
 # neighbours and the re-ranker, each off before it. Only GRU/LSTM artifacts can lack repeat_window (SASRec's
 # config had it from its first version), and an artifact loads strictly, so a head it never had must not appear.
 PRE_HEAD = SessionHeadConfig(repeat_window=0)
+
+
+class WithSessionHead:
+    """The flat form and the re-ranker's depth of a model config dataclass with a ``head`` field (every model
+    config: gru.py, transformer.py)."""
+
+    head: SessionHeadConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, flat as every artifact has it: the head's fields are top-level keys
+        (``SessionHeadConfig.to_flat``; encoders/models/registry.py ``model_from_config`` reads it back)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {k: v for k, v in fields.items() if k != "head"} | self.head.to_flat()
+
+    @property
+    def ranker_candidates(self) -> int:
+        """Items the re-ranker re-orders (0 without one), as the evaluation and the worker read it."""
+        return self.head.ranker_candidates
 
 
 def build_heads(config: SessionHeadConfig, dim: int, n_items: int) -> tuple[RepeatHead | None, Ranker | None]:

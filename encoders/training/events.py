@@ -18,3 +18,4 @@ class DatasetEvent:
     query: str | None = None
     quantity: int | None = None
     price: float | None = None
+    target: str | None = None  # the item a search was for, where the dataset names it (movielens: the tagged movie)

@@ -23,6 +23,7 @@ class UserSequence:
     tokens: np.ndarray
     ts: np.ndarray
     queries: np.ndarray | None = None
+    search_targets: np.ndarray | None = None  # per event: the row a search was for (0 = none or unknown)
 
 
 def temporal_cutoff(events: Sequence[DatasetEvent], test_fraction: float) -> float:
@@ -58,6 +59,7 @@ def build_sequences(events: Sequence[DatasetEvent], vocabulary: Sequence[str], q
             ts=np.array([e.ts for e in evs], dtype=np.float64),
             queries=None if query_rows is None else np.array(
                 [query_rows.get(e.query, 0) if e.query else 0 for e in evs], dtype=np.int64),
+            search_targets=np.array([index.get(e.target, 0) if e.target else 0 for e in evs], dtype=np.int64),
         )
     return out
 

@@ -30,13 +30,15 @@ from encoders.models.gru import RecurrentModel
 from encoders.models.item_tower import TextTable
 from encoders.models.ranker import Ranker, RankerConfig
 from encoders.models.registry import SequenceModel, build_model
+from encoders.models.search_blend import SearchBlend
 from encoders.models.session_head import neighbour_table
 from encoders.models.transformer import SasrecConfig
-from encoders.training.baselines import ItemKnn
+from encoders.training.baselines import ItemKnn, Popularity
 from encoders.training.evaluation import evaluate_model
 from encoders.training.events import DatasetEvent
 from encoders.training.item_knn_mix import Mix, fit_mix, knn_table, with_mix
 from encoders.training.ranker_fit import fit_ranker, ranker_examples, ranker_tables, with_ranker
+from encoders.training.search_fit import fit_search_blend
 from encoders.training.sequences import (
     UserSequence,
     build_sequences,
@@ -82,6 +84,7 @@ class TrainResult:
     model: SequenceModel
     item_ids: list[str]
     metrics: dict[str, Any]
+    search_blend: SearchBlend | None = None  # for a model with an item tower on a dataset of targeted searches
 
 
 def seed_everything(seed: int) -> None:
@@ -169,6 +172,13 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
     quality = evaluate_model(cell, model, sequences, cutoff, len(vocabulary), config.max_eval_events,
                              queries.vectors if queries is not None else None)
     model.eval()
+    blend: SearchBlend | None = None
+    blend_record: dict[str, object] = {}
+    if queries is not None and any(s.search_targets is not None and s.search_targets.any()
+                                   for s in sequences.values()):
+        blend, blend_record = fit_search_blend(model, sequences, queries.vectors,
+                                               Popularity(sequences, cutoff, len(vocabulary)).counts, cutoff,
+                                               config.seed)
     metrics = {
         "split": {"kind": "temporal", "test_fraction": config.test_fraction, "cutoff_ts": cutoff,
                   "train_events": int(sum(1 for e in events if e.ts < cutoff)),
@@ -177,8 +187,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
                                    "head_losses": [round(x, 4) for x in head_losses], "fit_cutoff_ts": fit_cutoff,
                                    "seconds": round(time.perf_counter() - started, 1)} | mix_record,
         "eval": quality,
-    }
-    return TrainResult(model=model, item_ids=vocabulary, metrics=metrics)
+    } | ({"search_blend": blend_record} if blend is not None else {})
+    return TrainResult(model=model, item_ids=vocabulary, metrics=metrics, search_blend=blend)
 
 
 def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequence], since: float, cutoff: float,

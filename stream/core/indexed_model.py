@@ -31,6 +31,10 @@ class IndexedModel:
     index: ItemIndex
     artifact: ModelArtifact | None = None  # None: built in memory (tests, the audit)
     text_vectors: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # item -> (text, vector)
+    # The items' MiniLM text vectors, searched by a search's query (hybrid retrieval): kept beside the item
+    # index, item for item, for a model with an item tower and a search blend (None: searches use the model).
+    text_index: ItemIndex | None = None
+    catalog_text: dict[str, np.ndarray] = field(default_factory=dict)  # item known by its text -> MiniLM vector
 
     def __post_init__(self) -> None:
         self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
@@ -59,6 +63,20 @@ class IndexedModel:
                     out[n] = vector / max(float(np.linalg.norm(vector)), 1e-9) if unit else vector
         return out
 
+    def text_vectors_of(self, item_ids: list[str]) -> np.ndarray:
+        """(n, text_dim) MiniLM vectors of these items' texts; zeros for an item without one."""
+        table = self.encoder.item_text
+        assert table is not None, "a model without an item tower has no item texts"
+        get = self._rows.get
+        rows = np.fromiter((get(item, -1) + 1 for item in item_ids), dtype=np.int64, count=len(item_ids))
+        out: np.ndarray = table[rows]  # row 0 is zero: items the model does not know, unless the catalog's
+        if self.catalog_text:
+            for n in np.flatnonzero(rows == 0).tolist():
+                vector = self.catalog_text.get(item_ids[n])
+                if vector is not None:
+                    out[n] = vector
+        return out
+
     def unit_vectors_of(self, item_ids: list[str]) -> np.ndarray:
         """:meth:`vectors_of` scaled to unit length (cosine similarities are then inner products)."""
         return self.vectors_of(item_ids, unit=True)
@@ -73,6 +91,9 @@ class IndexedModel:
         add_ids: list[str] = []
         add_vectors: list[np.ndarray] = []
         remove: list[str] = []
+        texts = self.encoder.item_text if self.text_index is not None else None
+        text_ids: list[str] = []
+        text_add: list[np.ndarray] = []
         for item_id in item_ids:
             entry = catalog.get(item_id)
             if not filters.admits(entry, catalog.was_deleted(item_id)):
@@ -83,6 +104,9 @@ class IndexedModel:
                 if item_id not in self.index:
                     add_ids.append(item_id)
                     add_vectors.append(self._padded[row])
+                    if texts is not None and texts[row + 1].any():  # an item without a title has no text vector
+                        text_ids.append(item_id)
+                        text_add.append(texts[row + 1])
                 continue
             text = entry.text if entry is not None else None
             cached = self.text_vectors.get(item_id)
@@ -92,6 +116,9 @@ class IndexedModel:
                 if item_id not in self.index:
                     add_ids.append(item_id)
                     add_vectors.append(cached[1])
+                    if item_id in self.catalog_text and texts is not None:
+                        text_ids.append(item_id)
+                        text_add.append(self.catalog_text[item_id])
             else:
                 vector = self.encoder.text_item_vector(text)
                 if vector is None:  # the model has no text path: the item waits for a model that knows it
@@ -100,8 +127,17 @@ class IndexedModel:
                 self.text_vectors[item_id] = (text, vector)
                 add_ids.append(item_id)
                 add_vectors.append(vector)
+                raw = self.encoder.text_vector(text) if texts is not None else None
+                if raw is not None:
+                    self.catalog_text[item_id] = raw
+                    text_ids.append(item_id)
+                    text_add.append(raw)
         if remove:
             self.index.remove(remove)
+            if self.text_index is not None:
+                self.text_index.remove(remove)
         if add_ids:
             self.index.add(add_ids, np.stack(add_vectors))
+        if text_ids and self.text_index is not None:
+            self.text_index.add(text_ids, np.stack(text_add))
         return len(add_ids)

@@ -14,10 +14,15 @@ import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from encoders.models.inputs import has_words
+from encoders.models.search_blend import MIN_INTENT, NumpyBlend
 from encoders.serving import UserEncoder
 from stream.core.catalog import Catalog
 from stream.core.explain import explain
 from stream.core.indexed_model import IndexedModel
+from stream.core.intent import RecentQueries, intent_key
 from stream.core.metrics import Metrics
 from stream.core.rerank import Filters, blend, diversify, rerank
 from stream.core.schemas import (
@@ -93,6 +98,7 @@ class Recommender:
         self.metrics = metrics
         self.clock = clock
         self._states = DecodedStates(STATE_CACHE_USERS)
+        self._queries = RecentQueries()
 
     @property
     def served(self) -> IndexedModel:
@@ -171,11 +177,20 @@ class Recommender:
         #    rank them lower or miss them), and a model with a re-ranker re-orders the best of them.
         excluded = rules.filters.excluded_for(state)
         pool = rules.top_k * DIVERSITY_POOL if rules.diversity > 0 else rules.top_k
-        depth = max(pool, encoder.search_depth)
-        candidates = served.index.search(query, depth, exclude=excluded)
+        #    A search's query (and the last search's, while it still counts) joins the user's taste.
+        hybrid = encoder.blend if served.text_index is not None else None
+        searched, weight, named = self._intent(event, text, state, hybrid, encoder) if hybrid is not None \
+            else (None, 1.0, event.query)
+        shaped = hybrid is not None and searched is not None
+        depth = max(pool, encoder.search_depth, hybrid.user_pool if hybrid is not None and shaped else 0)
+        # A shaped list takes the user's best items whoever bought them, as offline (the filter below drops
+        # the excluded): with a long purchase history, excluding here would make the index over-fetch 4x.
+        candidates = served.index.search(query, depth, exclude=() if shaped else excluded)
         # (enough for the list after the filters drop excluded items and items gone from the index)
         candidates = encoder.rescore(query, state.recent, candidates,
                                      limit=depth + len(excluded) + rules.history_size)
+        if shaped and hybrid is not None and searched is not None:
+            candidates = self._hybrid(served, hybrid, query, searched, weight, candidates, state, excluded)
         t5 = time.perf_counter()
         # 6. Filter and re-rank; a cold-start user's list is blended with trending items (not a search's:
         #    a first search is answered from the query alone).
@@ -187,7 +202,7 @@ class Recommender:
                           state.events / rules.cold_start_events, excluded, served.index)
         t6 = time.perf_counter()
         # 7. Explanations: the user's own recent events (or this search) most like each item.
-        items = explain(items, state.recent, event.query, served.unit_vectors_of, rules.explanations)
+        items = explain(items, state.recent, named, served.unit_vectors_of, rules.explanations)
         t7 = time.perf_counter()
         # 8. The list; the state (with the list it got) is stored once per event.
         rec = self._recommendation(event, items, served.version, arm.name, state.events)
@@ -204,6 +219,48 @@ class Recommender:
         m.child(m.lists, event.type, arm.name).inc()
         m.child(m.event_to_recommendation, event.type, arm.name).observe(max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
+
+    def _intent(self, event: Event, text: np.ndarray | None, state: UserState, blend: NumpyBlend,
+                encoder: UserEncoder) -> tuple[np.ndarray | None, float, str | None]:
+        """(the query vector that shapes this list, its weight, the search the list names): this search's, or
+        the last search's while it still counts (stream/core/intent.py); a query of symbols only names the
+        search but matches no text."""
+        if event.query is not None:
+            vector = encoder.query_text(text) if text is not None and has_words(event.query) else None
+            if vector is None:
+                state.forget_intent()
+                return None, 1.0, event.query
+            key = intent_key(event.query)
+            self._queries.put(key, event.query, vector)
+            state.searched(key, event.ts)
+            return vector, 1.0, event.query
+        if not state.intent:
+            return None, 1.0, None
+        kept = self._queries.get(state.intent)
+        weight = blend.intent(state.intent_events, event.ts - state.intent_ts)
+        if kept is None or weight < MIN_INTENT:
+            state.forget_intent()
+            return None, 1.0, None
+        return kept[1], weight, kept[0]
+
+    @staticmethod
+    def _hybrid(served: IndexedModel, blend: NumpyBlend, query: np.ndarray, query_text: np.ndarray, intent: float,
+                personal: list[tuple[str, float]], state: UserState, excluded: set[str]) -> list[tuple[str, float]]:
+        """A search's candidates: the union of the query's best items by text (the text index) and the user's
+        best by the model, scored by the fitted blend (encoders/models/search_blend.py), as offline."""
+        assert served.text_index is not None
+        # No exclusions here: the list's filter drops them, and a long purchase history would make the text
+        # index over-fetch (as offline, the pool is the query's best items, whoever bought them).
+        by_text = served.text_index.search(query_text, blend.pool)
+        mine = dict(sorted(personal, key=lambda c: -c[1])[:blend.user_pool])
+        ids = list(dict.fromkeys([*(item for item, _ in by_text), *mine]))  # text first, each once
+        text = served.text_vectors_of(ids) @ query_text
+        inner = served.vectors_of(ids) @ query  # the model's score where the personal list lacks the item
+        scores = np.array([mine.get(item, float(inner[n])) for n, item in enumerate(ids)])
+        encoder = served.encoder
+        recent = encoder.rows_of([item for _, item in state.recent])
+        blended = blend.scores(encoder.rows_of(ids), text.astype(np.float64), scores, recent, intent)
+        return list(zip(ids, blended.tolist(), strict=True))
 
     def apply_items(self, records: list[ItemRecord]) -> None:
         """Apply catalog changes and bring the served index in line (new, changed, unavailable, deleted)."""

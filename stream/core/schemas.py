@@ -205,9 +205,9 @@ def decode_event(event_type: EventType, raw: bytes | None, source: Source, *, ma
             raise InvalidEvent("missing_field", "query")
         if not isinstance(query, str):
             raise InvalidEvent("wrong_type", "query must be a string")
-        query = query.strip()
         if not query or len(query) > MAX_QUERY_LEN:
             raise InvalidEvent("invalid_value", f"query must have 1..{MAX_QUERY_LEN} characters")
+        query = query.strip() or query  # whitespace only: kept as sent; it names the search, matches no text
         return Event("search", user_id, ts, event_id, query=query, session_id=session_id)
     item_id = _identifier(body, "item_id", required=True)
     if event_type == "click":

@@ -3,7 +3,7 @@
 The recurrent vector belongs to one model version. When the serving model changes, the pipeline rebuilds
 the vector by replaying the recent items kept here, so a model swap never feeds one model another's state.
 
-Byte form (format 2). The state is read and written once per event, so each part is decoded by one C call
+Byte form (format 3). The state is read and written once per event, so each part is decoded by one C call
 (numpy, ``bytes.hex``, ``str.split``, orjson), never by a Python loop over bytes::
 
     format (1 byte) | events (varint) | last_ts (float64) | model_version (text)
@@ -11,6 +11,8 @@ Byte form (format 2). The state is read and written once per event, so each part
     | recent types: varint n, n codes (click 0, search 1, purchase 2; 0xff: JSON list follows)
     | item lists: mode byte, then recent items, purchased and last_list
     | seen_event_ids: varint n, then hex mode (varint id length, raw bytes) or JSON
+    | intent: 1 byte n (0: none), n bytes of the last search's query hash, then varint item events since
+      and float64 ts of the search
     | offsets: JSON object of position -> offset
 
 A text is a varint length and its UTF-8 bytes. Item lists of decimal ids (movielens) are three varint counts
@@ -18,8 +20,9 @@ and one string "a,b,c;d,e;f" packed as 4-bit nibbles (digits 0-9, ',' 10, ';' 11
 instead of 7 in JSON; other ids take a JSON array of the three lists. uuid4 hex event ids take 16 bytes
 instead of 35. Every field round-trips exactly. ``streamrec bench state`` measures the bytes per user.
 
-States written by earlier workers (format 1: a JSON object, the vector as base64 float32) are still read, so
-an upgrade keeps every user's vector, history and input offsets; the next event stores them in format 2.
+States written by earlier workers (format 1: a JSON object, the vector as base64 float32; format 2: no intent)
+are still read, so an upgrade keeps every user's vector, history and input offsets; the next event stores
+them in format 3.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ import orjson
 
 from stream.errors import StateError
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
+READ_FORMATS = (2, 3)  # format 2 is format 3 without the intent part
+INTENT_KEY_BYTES = 8
 SEEN_EVENT_IDS = 16  # recent event ids kept to skip records a producer sent twice
 _TYPES = ("click", "search", "purchase")  # the event type codes of ``recent``
 _TYPE_CODE = {name: code for code, name in enumerate(_TYPES)}
@@ -62,6 +67,19 @@ class UserState:
     offsets: dict[str, int] = field(default_factory=dict)
     events: int = 0
     last_ts: float = 0.0
+    # The last search while its query still shapes the lists: a compact hash of the query (the worker keeps
+    # the query and its vector by that hash), the item events since, and when it was made (empty: none).
+    intent: bytes = b""
+    intent_events: int = 0
+    intent_ts: float = 0.0
+
+    def searched(self, key: bytes, ts: float) -> None:
+        """A search whose query shapes the next lists: ``key`` is its hash (INTENT_KEY_BYTES)."""
+        self.intent, self.intent_events, self.intent_ts = key, 0, ts
+
+    def forget_intent(self) -> None:
+        """The last search no longer shapes the lists."""
+        self.intent, self.intent_events, self.intent_ts = b"", 0, 0.0
 
     def already_applied(self, event_id: str, position: str, offset: int) -> bool:
         """Whether this record was applied before: its offset is not past the last applied one of its
@@ -76,6 +94,8 @@ class UserState:
         if item_id is not None:
             self.recent.append((event_type, item_id))
             del self.recent[:-history_size]
+            if self.intent:
+                self.intent_events += 1
             if event_type == "purchase" and item_id not in self.purchased:
                 self.purchased.append(item_id)
                 if max_purchased:
@@ -105,6 +125,11 @@ class UserState:
             _put_bytes(out, orjson.dumps(types))
         _put_item_lists(out, [list(items), self.purchased, self.last_list])
         _put_event_ids(out, self.seen_event_ids)
+        out.append(len(self.intent))
+        if self.intent:
+            out += self.intent
+            _put_uint(out, self.intent_events)
+            out += _F64.pack(self.intent_ts)
         out += orjson.dumps(self.offsets)
         return bytes(out)
 
@@ -114,8 +139,8 @@ class UserState:
         try:
             if raw[:1] == b"{":
                 return _from_format_1(raw)
-            if not raw or raw[0] != STATE_FORMAT:
-                raise ValueError(f"format {raw[:1]!r} is not {STATE_FORMAT}")
+            if not raw or raw[0] not in READ_FORMATS:
+                raise ValueError(f"format {raw[:1]!r} is not one of {READ_FORMATS}")
             r = _Reader(raw, 1)
             events = r.uint()
             (last_ts,) = _F64.unpack(r.take(8))
@@ -127,12 +152,19 @@ class UserState:
                      else list(map(_TYPES.__getitem__, codes)))
             items, purchased, last_list = r.item_lists()
             seen = r.event_ids()
+            intent, intent_events, intent_ts = b"", 0, 0.0
+            if raw[0] == 3:
+                intent = r.take(r.take(1)[0])
+                if intent:
+                    intent_events = r.uint()
+                    (intent_ts,) = _F64.unpack(r.take(8))
             offsets = orjson.loads(raw[r.pos:])
             if len(types) != len(items) or not isinstance(offsets, dict):
                 raise ValueError("recent types and items disagree, or offsets are not an object")
             return UserState(vector=vector, model_version=version, recent=list(zip(types, items, strict=True)),
                              purchased=purchased, seen_event_ids=seen, last_list=last_list,
-                             offsets={str(k): int(v) for k, v in offsets.items()}, events=events, last_ts=last_ts)
+                             offsets={str(k): int(v) for k, v in offsets.items()}, events=events, last_ts=last_ts,
+                             intent=intent, intent_events=intent_events, intent_ts=intent_ts)
         except (IndexError, KeyError, ValueError, TypeError, UnicodeDecodeError, struct.error,
                 binascii.Error) as exc:
             raise StateError(f"corrupt user state: {exc!r}") from None

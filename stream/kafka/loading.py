@@ -50,7 +50,12 @@ def load_indexed_model(path: Path, settings: Settings, catalog: Catalog, filters
                             f"{settings.model_type}")
     index = HnswIndex(encoder.dim, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                       ef=settings.hnsw_ef, capacity=len(encoder.item_ids) + len(catalog))
-    served = IndexedModel(encoder, index, artifact)
+    text_index = None
+    if encoder.blend is not None and encoder.item_text is not None:  # hybrid retrieval for searches
+        text_index = HnswIndex(encoder.item_text.shape[1], m=settings.hnsw_m,
+                               ef_construction=settings.hnsw_ef_construction, ef=settings.hnsw_ef,
+                               capacity=len(encoder.item_ids) + len(catalog))
+    served = IndexedModel(encoder, index, artifact, text_index=text_index)
     known = set(encoder.item_ids)
     served.sync([*encoder.item_ids, *(c.item_id for c in catalog.items() if c.item_id not in known)], catalog,
                 filters)

@@ -95,7 +95,8 @@ def _movielens(folder: Path) -> Iterator[DatasetEvent]:
     with open(folder / "tags.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             if row["tag"].strip():
-                yield DatasetEvent("search", row["userId"], float(row["timestamp"]), query=row["tag"].strip())
+                yield DatasetEvent("search", row["userId"], float(row["timestamp"]), query=row["tag"].strip(),
+                                   target=row["movieId"])
 
 
 def _yoochoose(folder: Path) -> Iterator[DatasetEvent]:

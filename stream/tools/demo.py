@@ -8,9 +8,11 @@ stopped on the way out, Ctrl-C included.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -21,27 +23,45 @@ from stream.core.schemas import Event, Recommendation
 from stream.local.processes import start_worker, stop_worker
 
 DATASET = "movielens"
+SEARCH_QUERY = "space adventure"  # the one search the demo sends after the replay
 
 
 def _say(label: str, text: str) -> None:
     print(f"  {label:<8} {text}", flush=True)
 
 
+def _searchable(artifact: Path) -> bool:
+    """A complete artifact with an item tower (text_dim > 0) and a fitted search blend: it answers searches by
+    text (demo models from before the item tower have neither)."""
+    from encoders.models.search_blend import FILE
+
+    if not all((artifact / f).is_file() for f in ("model.safetensors", "config.json", "items.json", FILE)):
+        return False
+    try:
+        config = json.loads((artifact / "config.json").read_text())
+        return int(config["model_config"].get("text_dim", 0)) > 0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def _model(settings: Settings) -> Path:
-    """Reuse the newest movielens GRU artifact, or train one (about a minute)."""
-    from encoders.artifact import latest_artifact, save_artifact
+    """Reuse the newest movielens GRU artifact that can answer searches by text, or train one (a few minutes)."""
+    from encoders.artifact import save_artifact
     from encoders.training.train import TrainConfig, train
-    from stream.tools.datasets import load_events
+    from stream.tools.datasets import item_texts, load_events
 
     root = settings.home / "models"
-    found = latest_artifact(root, DATASET, "gru")
+    usable = [p for p in root.glob(f"gru-{DATASET}-*") if _searchable(p)] if root.is_dir() else []
+    found = max(usable, key=lambda p: p.name.rsplit("-", 2)[-2]) if usable else None  # newest by creation stamp
     if found is not None:
         _say("model", f"reusing {found}")
         return found
-    _say("model", "training a GRU on movielens_latest_small (temporal split, seed 42) ...")
+    _say("model", "training a GRU with an item tower and a search blend on movielens_latest_small "
+                  "(temporal split, seed 42) ...")
     started = time.perf_counter()
-    result = train(load_events(DATASET, settings.data_dir), cell="gru", config=TrainConfig(epochs=4))
-    path = save_artifact(result.model, result.item_ids, result.metrics, DATASET, root)
+    result = train(load_events(DATASET, settings.data_dir), cell="gru", config=TrainConfig(epochs=4),
+                   item_texts=item_texts(DATASET, settings.data_dir))
+    path = save_artifact(result.model, result.item_ids, result.metrics, DATASET, root, result.search_blend)
     _say("model", f"trained in {time.perf_counter() - started:.0f} s -> {path}")
     return path
 
@@ -107,22 +127,70 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
         for e in evs[-4:]:
             what = f'"{e.query}"' if e.query else titles.get(e.item_id or "", e.item_id or "")
             print(f"    {e.type:<8} {what}")
-        rec = lists[user]
-        print(f"  recommendations ({rec.model_version}, after {rec.event_type} {rec.event_id[:8]}):")
-        for n, item in enumerate(rec.items, 1):
-            print(f"    {n:>2}. {titles.get(item.item_id, item.item_id):<60} {item.score:7.3f}")
-            if item.because:
-                print(f"        because: {'; '.join(_reason(b, titles) for b in item.because)}")
+        _print_list("recommendations", lists[user], titles)
         print()
+    if busiest:
+        await _search(settings, busiest[0], lists[busiest[0]], SEARCH_QUERY, titles)
+    else:
+        _say("search", "skipped: no user got a list during the replay")
+    print()
     print("event-to-recommendation latency, measured in this run:")
     _say("received", f"event ts -> list consumed: {_percentiles(received_lat)}")
     _say("worker", f"event ts -> list generated: {_percentiles(server_lat)}")
 
 
+def _print_list(heading: str, rec: Recommendation, titles: dict[str, str], note: str = "") -> None:
+    print(f"  {heading} ({rec.model_version}, after {rec.event_type} {rec.event_id[:8]}{note}):")
+    for n, item in enumerate(rec.items, 1):
+        print(f"    {n:>2}. {titles.get(item.item_id, item.item_id):<60} {item.score:7.3f}")
+        if item.because:
+            print(f"        because: {'; '.join(_reason(b, titles) for b in item.because)}")
+
+
+async def _search(settings: Settings, user: str, before: Recommendation, query: str, titles: dict[str, str],
+                  timeout_s: float = 15.0) -> None:
+    """Send one search for a user with history and print the user's list before it and the list it got."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream.kafka.clients import client_options
+    from stream.kafka.consume import RecommendationReader
+
+    print(f'search as intent: user {user} searches "{query}"')
+    _print_list("before", before, titles)
+    event = Event("search", user, time.time(), uuid.uuid4().hex, query=query)
+    reader = RecommendationReader(settings)
+    await reader.start()  # from the topic's end: the list for this search comes after it
+
+    async def answer() -> tuple[Recommendation, float]:
+        async for rec, received in reader.records(timeout_s=None):
+            if rec.event_id == event.event_id:
+                return rec, received
+        raise TimeoutError  # records() without a timeout does not end
+
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
+    await producer.start()
+    try:
+        waiting = asyncio.create_task(answer())
+        try:
+            await producer.send_and_wait(settings.topic_searches, event.to_json(), key=user.encode())
+            after, received = await asyncio.wait_for(waiting, timeout=timeout_s)
+        except TimeoutError:
+            _say("search", f"no list for the search within {timeout_s:.0f} s (see the worker's log)")
+            return
+        finally:
+            waiting.cancel()
+    finally:
+        await producer.stop()
+        await reader.stop()
+    _print_list("after", after, titles, f", list in {(received - after.event_ts) * 1000:.0f} ms")
+
+
 def _reason(because: str, titles: dict[str, str]) -> str:
     """One ``because`` entry for people: "click:318" -> "viewed The Shawshank Redemption (1994)"."""
     kind, _, what = because.partition(":")
-    verbs = {"click": "viewed", "purchase": "liked", "search": "searched"}
+    if kind == "search":
+        return f'searched "{what}"'
+    verbs = {"click": "viewed", "purchase": "liked"}
     return f"{verbs.get(kind, kind)} {titles.get(what, what)}".strip()
 
 

@@ -57,7 +57,7 @@ def test_extra_fields_are_ignored() -> None:
     ("click", body(ts=NOW + 10 * 86400, item_id="i"), "ts_in_future"),
     ("click", body(item_id=""), "invalid_value"),
     ("search", body(), "missing_field"),
-    ("search", body(query="   "), "invalid_value"),
+    ("search", body(query=""), "invalid_value"),
     ("search", body(query=5), "wrong_type"),
     ("purchase", body(item_id="i", quantity=0), "invalid_value"),
     ("purchase", body(item_id="i", quantity="2"), "wrong_type"),
@@ -90,3 +90,15 @@ def test_recommendation_round_trip() -> None:
     wire = orjson.loads(rec.to_json())
     assert [i["rank"] for i in wire["items"]] == [1, 2]
     assert Recommendation.from_json(rec.to_json()) == rec
+
+
+def test_a_search_of_whitespace_or_symbols_is_valid_and_an_empty_or_long_one_is_not() -> None:
+    assert decode_event("search", body(query="   "), SRC, now=NOW).query == "   "  # answered, matches no text
+    assert decode_event("search", body(query="🚀 space"), SRC, now=NOW).query == "🚀 space"
+    for query in ("", "x" * 1025):
+        with pytest.raises(InvalidEvent) as caught:
+            decode_event("search", body(query=query), SRC, now=NOW)
+        assert caught.value.reason == "invalid_value"
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event("search", b'{"schema_version": 1, "user_id": "u", "query": "\xff\xfe", "ts": 1}', SRC, now=NOW)
+    assert caught.value.reason == "malformed_json"  # invalid UTF-8

@@ -99,3 +99,19 @@ def test_truncated_or_foreign_bytes_raise() -> None:
     for bad in (raw[:-1], raw[: len(raw) // 2], b"", b'{"f": 1, "v": ""}', b'{"f": 3}', b"{", raw + b"x"):
         with pytest.raises(StreamrecError):
             UserState.from_bytes(bad)
+
+
+def test_the_carried_intent_round_trips_and_format_2_states_are_read() -> None:
+    state = UserState(vector=np.arange(4, dtype=np.float32), model_version="v", recent=[("click", "12")],
+                      offsets={"clicks:0": 3}, events=2, last_ts=5.0)
+    plain = state.to_bytes()
+    state.searched(b"\x01" * 8, 4.5)
+    state.remember("click", "13", "e3", 6.0, 50, 500)
+    back = UserState.from_bytes(state.to_bytes())
+    assert (back.intent, back.intent_events, back.intent_ts) == (b"\x01" * 8, 1, 4.5)
+    assert back.recent == [("click", "12"), ("click", "13")]
+    offsets = orjson.dumps({"clicks:0": 3})
+    assert plain[-len(offsets) - 1:] == b"\x00" + offsets  # format 3 without an intent: one zero byte
+    format_2 = b"\x02" + plain[1:-len(offsets) - 1] + offsets
+    old = UserState.from_bytes(format_2)
+    assert old.intent == b"" and old.vector.tolist() == [0.0, 1.0, 2.0, 3.0] and old.offsets == {"clicks:0": 3}
