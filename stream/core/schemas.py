@@ -21,6 +21,7 @@ from stream.errors import InvalidEvent
 SCHEMA_VERSION = 1
 MAX_ID_LEN = 256
 MAX_QUERY_LEN = 1024
+MAX_SAFE_INTEGER = 2**53 - 1  # integer ids beyond this lose precision in JavaScript clients
 
 # Stable reason codes (metric label values and the dead letter's "reason").
 REASONS = (
@@ -212,7 +213,7 @@ def decode_event(event_type: EventType, raw: bytes | None, source: Source, *, ma
     item_id = _identifier(body, "item_id", required=True)
     if event_type == "click":
         return Event("click", user_id, ts, event_id, item_id=item_id, session_id=session_id)
-    quantity = body.get("quantity")
+    quantity = _integral(body.get("quantity"))
     if quantity is not None and (not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1):
         raise InvalidEvent("invalid_value" if isinstance(quantity, int) else "wrong_type",
                            "quantity must be a positive integer")
@@ -250,7 +251,7 @@ def decode_item(raw: bytes | None, key: bytes | None, *, max_bytes: int = 65536)
     texts = {}
     for name, limit in (("title", MAX_QUERY_LEN), ("category", MAX_ID_LEN)):
         value = body.get(name)
-        if value is not None and (not isinstance(value, str) or not 0 < len(value.strip()) <= limit):
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > limit):
             raise InvalidEvent("wrong_type" if not isinstance(value, str) else "invalid_value",
                                f"{name} must be a string of 1..{limit} characters")
         texts[name] = value.strip() if isinstance(value, str) else None
@@ -308,12 +309,21 @@ def _identifier(body: dict[str, Any], name: str, *, required: bool) -> str | Non
         if required:
             raise InvalidEvent("missing_field", name)
         return None
+    value = _integral(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidEvent("wrong_type", f"{name} must be a string or an integer")
+    if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
+        raise InvalidEvent("invalid_value", f"{name} must be a safe integer (|n| <= 2**53 - 1) or a string")
     text = str(value)
     if not text or len(text) > MAX_ID_LEN or not text.isprintable():
         raise InvalidEvent("invalid_value", f"{name} must be 1..{MAX_ID_LEN} printable characters")
     return text
+
+
+def _integral(value: object) -> object:
+    """A float with no fraction as the integer it is: JSON has one number type, and JSON Schema's
+    "integer" (schemas/) accepts 2.0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _price(body: dict[str, Any]) -> float | None:
