@@ -14,7 +14,7 @@ from stream.core.indexed_model import IndexedModel
 from stream.core.metrics import Metrics
 from stream.core.pipeline import Arm, Recommender, Rules
 from stream.core.trending import Trending
-from stream.core.variants import DEFAULT, Assignment, VariantSpec
+from stream.core.variants import DEFAULT, Assignment
 
 
 def single_model(encoder: UserEncoder | IndexedModel, index: ItemIndex | None = None, rules: Rules | None = None, *,
@@ -26,5 +26,5 @@ def single_model(encoder: UserEncoder | IndexedModel, index: ItemIndex | None = 
     else:
         assert index is not None, "an encoder needs its index"
         served = IndexedModel(encoder, index)
-    return Recommender([Arm(DEFAULT, served, rules or Rules())], Assignment((VariantSpec(DEFAULT, 1.0),), ""),
+    return Recommender([Arm(DEFAULT, served, rules or Rules())], Assignment.everyone(),
                        Catalog(), trending or Trending(6 * 3600.0), metrics or Metrics(CollectorRegistry()), clock)

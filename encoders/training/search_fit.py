@@ -172,15 +172,22 @@ def _examples(cases: list[SearchCase], pools: tuple[int, int],
     return out
 
 
+def blended_scores(blend: NumpyBlend, case: SearchCase, intent: float = 1.0) -> np.ndarray:
+    """The blend's scores of every row for a case: its union in the blend's order, every other row below it
+    (row 0 never wins)."""
+    rows = candidates(case, blend.pool, blend.user_pool)
+    blended = blend.scores(rows, case.text[rows], case.personal[rows], case.recent, intent)
+    out = np.full(case.text.size, blended.min() - 1.0 if blended.size else 0.0)
+    out[rows] = blended
+    out[0] = -math.inf
+    return out
+
+
 def recall_at(cases: list[SearchCase], blend: SearchBlend, k: int = 20) -> float:
-    """Recall@k of the blend over cases with a known target (its order of the union; the rest below)."""
+    """Recall@k of the blend over cases with a known target."""
     scorer = NumpyBlend(blend)
-    hits = 0
     known = [c for c in cases if c.target]
-    for case in known:
-        rows = candidates(case, blend.pool, blend.user_pool)
-        scores = scorer.scores(rows, case.text[rows], case.personal[rows], case.recent)
-        hits += int(case.target in set(rows[_top(scores, k)].tolist()))
+    hits = sum(int(c.target in set(_top(blended_scores(scorer, c), k).tolist())) for c in known)
     return hits / max(len(known), 1)
 
 
@@ -260,16 +267,8 @@ def carried_scores(blend: NumpyBlend, follow: FollowCase) -> np.ndarray:
     """The scores of every row in the list an item event after a search follows: the search's own list (the
     blend) for the first, then the blend with the query's part weighed by the carried intent, and the
     model's own list once the query no longer counts."""
-    case = follow.case
     weight = blend.intent(follow.events, follow.seconds)
-    if weight < MIN_INTENT:
-        return case.personal
-    rows = candidates(case, blend.pool, blend.user_pool)
-    blended = blend.scores(rows, case.text[rows], case.personal[rows], case.recent, intent=weight)
-    out = np.full(case.text.size, blended.min() - 1.0 if blended.size else 0.0)
-    out[rows] = blended
-    out[0] = -math.inf
-    return out
+    return follow.case.personal if weight < MIN_INTENT else blended_scores(blend, follow.case, weight)
 
 
 def hit_rate(follows: list[FollowCase], blend: NumpyBlend, k: int = 20) -> float:

@@ -23,7 +23,7 @@ from stream.core.metrics import Metrics
 from stream.core.pipeline import Arm, Recommender
 from stream.core.schemas import Source
 from stream.core.trending import Trending
-from stream.core.variants import DEFAULT, Assignment, VariantSpec
+from stream.core.variants import DEFAULT, Assignment
 from stream.kafka.loading import load_indexed_model, rules_for
 from stream.tools.datasets import load_events
 from stream.tools.replay import to_wire
@@ -41,7 +41,7 @@ def bench_rerank(settings: Settings, model: Path, dataset: str, events: int) -> 
     for names, diversity in CONFIGS:
         registry = CollectorRegistry()
         recommender = Recommender([Arm(DEFAULT, served, replace(rules, explanations=names, diversity=diversity))],
-                                  Assignment((VariantSpec(DEFAULT, 1.0),), ""), Catalog(), Trending(3600.0),
+                                  Assignment.everyone(), Catalog(), Trending(3600.0),
                                   Metrics(registry))
         runs.append((names, diversity, registry, recommender, {}, []))
     for query in {e.query for e in stream if e.query is not None}:  # cached queries: MiniLM is a bench of its own

@@ -56,7 +56,7 @@ def replay_states(settings: Settings, artifact: Path, users: int) -> tuple[dict[
     from stream.core.metrics import Metrics
     from stream.core.pipeline import Arm, Recommender
     from stream.core.trending import Trending
-    from stream.core.variants import DEFAULT, Assignment, VariantSpec
+    from stream.core.variants import DEFAULT, Assignment
     from stream.kafka.loading import rules_for
 
     encoder = UserEncoder(load_artifact(artifact))
@@ -64,7 +64,7 @@ def replay_states(settings: Settings, artifact: Path, users: int) -> tuple[dict[
                       ef=settings.hnsw_ef, capacity=len(encoder.item_ids))  # as the worker serves
     index.add(encoder.item_ids, encoder.item_vectors())
     recommender = Recommender([Arm(DEFAULT, IndexedModel(encoder, index), rules_for(settings))],
-                              Assignment((VariantSpec(DEFAULT, 1.0),), ""), Catalog(), Trending(3600.0),
+                              Assignment.everyone(), Catalog(), Trending(3600.0),
                               Metrics(CollectorRegistry()))
     states: dict[str, bytes] = {}
     offsets: dict[tuple[str, int], int] = defaultdict(int)

@@ -178,19 +178,19 @@ class Recommender:
         excluded = rules.filters.excluded_for(state)
         pool = rules.top_k * DIVERSITY_POOL if rules.diversity > 0 else rules.top_k
         #    A search's query (and the last search's, while it still counts) joins the user's taste.
-        hybrid = encoder.blend if served.text_index is not None else None
-        searched, weight, named = self._intent(event, text, state, hybrid, encoder) if hybrid is not None \
-            else (None, 1.0, event.query)
-        shaped = hybrid is not None and searched is not None
-        depth = max(pool, encoder.search_depth, hybrid.user_pool if hybrid is not None and shaped else 0)
+        search_blend = encoder.blend if served.text_index is not None else None
+        searched, weight, named = self._intent(event, text, state, search_blend, encoder) \
+            if search_blend is not None else (None, 1.0, event.query)
+        shaping = search_blend if searched is not None else None
+        depth = max(pool, encoder.search_depth, shaping.user_pool if shaping is not None else 0)
         # A shaped list takes the user's best items whoever bought them, as offline (the filter below drops
         # the excluded): with a long purchase history, excluding here would make the index over-fetch 4x.
-        candidates = served.index.search(query, depth, exclude=() if shaped else excluded)
+        candidates = served.index.search(query, depth, exclude=() if shaping is not None else excluded)
         # (enough for the list after the filters drop excluded items and items gone from the index)
         candidates = encoder.rescore(query, state.recent, candidates,
                                      limit=depth + len(excluded) + rules.history_size)
-        if shaped and hybrid is not None and searched is not None:
-            candidates = self._hybrid(served, hybrid, query, searched, weight, candidates, state, excluded)
+        if shaping is not None and searched is not None:
+            candidates = self._hybrid(served, shaping, query, searched, weight, candidates, state, excluded)
         t5 = time.perf_counter()
         # 6. Filter and re-rank; a cold-start user's list is blended with trending items (not a search's:
         #    a first search is answered from the query alone).
@@ -230,9 +230,12 @@ class Recommender:
             if vector is None:
                 state.forget_intent()
                 return None, 1.0, event.query
-            key = intent_key(event.query)
-            self._queries.put(key, event.query, vector)
-            state.searched(key, event.ts)
+            if blend.carry_events > 0:  # remembered only by a blend that lets the query shape the next lists
+                key = intent_key(event.query)
+                self._queries.put(key, event.query, vector)
+                state.searched(key, event.ts)
+            else:
+                state.forget_intent()
             return vector, 1.0, event.query
         if not state.intent:
             return None, 1.0, None

@@ -100,6 +100,11 @@ class Assignment:
         bounds[-1] = 1.0  # rounding must not leave a gap at the top
         self._bounds = bounds
 
+    @staticmethod
+    def everyone(name: str = DEFAULT) -> Assignment:
+        """Every user in one variant."""
+        return Assignment((VariantSpec(name, 1.0),), "")
+
     def variant_of(self, user_id: str) -> str:
         """The user's variant."""
         if len(self.names) == 1:

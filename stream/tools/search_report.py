@@ -42,7 +42,7 @@ from encoders.training.baselines import Popularity
 from encoders.training.evaluation import rank_of, ranking_metrics
 from encoders.training.search_fit import (
     SearchCase,
-    candidates,
+    blended_scores,
     carried_scores,
     fit_search_blend,
     follow_cases,
@@ -71,6 +71,11 @@ class SearchEvaluation:
     blend_report: dict[str, object]
     counts: np.ndarray  # training-period item counts by row
 
+    def __post_init__(self) -> None:
+        self.scorer = NumpyBlend(self.blend)
+        self.popularity = self.counts.astype(np.float64)  # the popularity scorer's scores (row 0 never wins)
+        self.popularity[0] = -math.inf
+
 
 def prepare(path: Path, data_dir: Path) -> SearchEvaluation:
     """Load the artifact and rebuild its split; the artifact's blend, or one fitted on its training period."""
@@ -91,14 +96,8 @@ def prepare(path: Path, data_dir: Path) -> SearchEvaluation:
 
 def case_scores(ev: SearchEvaluation, case: SearchCase) -> dict[str, np.ndarray]:
     """Each scorer's scores of every item row for one search (row 0 never wins)."""
-    rows = candidates(case, ev.blend.pool, ev.blend.user_pool)
-    blended = NumpyBlend(ev.blend).scores(rows, case.text[rows], case.personal[rows], case.recent)
-    hybrid = np.full(case.text.size, blended.min() - 1.0 if blended.size else 0.0)  # the rest, below
-    hybrid[rows] = blended
-    hybrid[0] = -math.inf
-    popularity = ev.counts.astype(np.float64)
-    popularity[0] = -math.inf
-    return {"model": case.personal, "hybrid": hybrid, "text_only": case.text, "popularity": popularity}
+    return {"model": case.personal, "hybrid": blended_scores(ev.scorer, case), "text_only": case.text,
+            "popularity": ev.popularity}
 
 
 def tag_metrics(ev: SearchEvaluation) -> dict[str, dict[str, float]]:
@@ -122,16 +121,13 @@ def next_click(ev: SearchEvaluation) -> dict[str, dict[str, float]]:
     """Recall@20 of the item event that follows a test-period search, by the list the search got: the
     model's (the search only stepped the state), the hybrid's, the query's text alone, and popularity."""
     n_items = len(ev.artifact.item_ids)
-    blend = NumpyBlend(ev.blend)
-    popularity = ev.counts.astype(np.float64)
-    popularity[0] = -math.inf
     ranks: dict[str, list[tuple[int, int]]] = {name: [] for name in SCORERS}
     for follow in follow_cases(ev.artifact.model, ev.sequences, ev.query_vectors, ev.cutoff):
         case = follow.case
         if follow.events != 0 or not case.target:  # the click right after the search
             continue
-        for name, scores in (("model", case.personal), ("hybrid", carried_scores(blend, follow)),
-                             ("text_only", case.text), ("popularity", popularity)):
+        for name, scores in (("model", case.personal), ("hybrid", carried_scores(ev.scorer, follow)),
+                             ("text_only", case.text), ("popularity", ev.popularity)):
             ranks[name].append(rank_of(scores, case.target, n_items))
     return {name: {"next_click_recall@20": ranking_metrics(pairs)["recall@20"] if pairs else 0.0,
                    "next_clicks": len(pairs)} for name, pairs in ranks.items()}

@@ -29,13 +29,13 @@ TITLES = ["Night of the Living Dead (1968). Horror", "Star Wars (1977). Action, 
 IDS = [f"m{n}" for n in range(1, len(TITLES) + 1)]
 
 
-def _recommender(tmp_path: Path, with_text_index: bool = True) -> Recommender:
+def _recommender(tmp_path: Path, with_text_index: bool = True, carry: float = 0.5) -> Recommender:
     torch.manual_seed(4)
     model = RecurrentModel(RecurrentConfig(n_items=len(TITLES), dim=8, hidden=8, text_dim=DIM)).eval()
     assert model.text is not None
     vectors = TextEncoder().encode(TITLES)
     model.text.set_item_text(np.vstack([np.zeros((1, DIM), np.float32), vectors]))
-    SearchBlend(pool=4, weights=(5.0, 0.0, 0.1, 0.0, 0.0, 0.0), popularity=(0.0,) * 7, carry_events=0.5,
+    SearchBlend(pool=4, weights=(5.0, 0.0, 0.1, 0.0, 0.0, 0.0), popularity=(0.0,) * 7, carry_events=carry,
                 carry_half_life_s=3600.0).save(tmp_path)
     encoder = UserEncoder(ModelArtifact(model, IDS, "v1", "test", {}, tmp_path))
     assert encoder.blend is not None and encoder.item_text is not None
@@ -110,3 +110,13 @@ def test_a_worker_that_never_saw_the_search_drops_its_intent(tmp_path: Path) -> 
     listed = _click(restarted, "m3", states, ts=999_999_010.0)
     assert not any(because and because[0].startswith("search:") for _, because in listed)
     assert not UserState.from_bytes(states["u"]).intent
+
+
+def test_a_blend_that_does_not_carry_keeps_no_intent_in_the_state(tmp_path: Path) -> None:
+    states: dict[str, bytes] = {}
+    recommender = _recommender(tmp_path, carry=0.0)
+    answered = _search(recommender, "zombie horror film", states, ts=999_999_000.0)
+    assert all(because[0] == "search:zombie horror film" for _, because in answered)  # the search itself: shaped
+    assert not UserState.from_bytes(states["u"]).intent
+    listed = _click(recommender, "m3", states, ts=999_999_010.0)
+    assert not any(because and because[0].startswith("search:") for _, because in listed)
