@@ -39,6 +39,7 @@ class ModelArtifact:
     dataset: str
     metrics: dict[str, Any]
     path: Path
+    search_blend: SearchBlend | None = None  # search_blend.json, for a model that answers searches by text
 
 
 def save_artifact(model: SequenceModel, item_ids: list[str], metrics: dict[str, Any], dataset: str,
@@ -100,7 +101,8 @@ def load_artifact(path: Path) -> ModelArtifact:
                             f"{model_config.n_items} items")
     model.eval()
     return ModelArtifact(model=model, item_ids=[str(i) for i in item_ids], version=str(config["version"]),
-                         dataset=str(config.get("dataset", "")), metrics=config.get("metrics", {}), path=path)
+                         dataset=str(config.get("dataset", "")), metrics=config.get("metrics", {}), path=path,
+                         search_blend=SearchBlend.load(path))
 
 
 def latest_artifact(root: Path, dataset: str = "*", cell: str = "*") -> Path | None:

@@ -12,8 +12,9 @@ import numpy as np
 from encoders.artifact import ModelArtifact
 from encoders.models.gru import NumpyRecurrentStep
 from encoders.models.inputs import TYPE_IDS, query_tokens
+from encoders.models.item_tower import item_text_vectors
 from encoders.models.ranker import NumpyRanker, session_scores
-from encoders.models.search_blend import NumpyBlend, SearchBlend
+from encoders.models.search_blend import NumpyBlend
 from encoders.models.session_head import NumpyRepeatHead
 from encoders.models.transformer import NumpySasrecStep, SasrecModel
 from encoders.text import TextEncoder
@@ -48,11 +49,9 @@ class UserEncoder:
         if isinstance(self._step, NumpyRecurrentStep) and self._step.text_proj is not None:
             self._text_proj = self._step.text_proj  # (text_dim, dim): the item tower's text projection
             self._text = TextEncoder()  # MiniLM, for search queries and new catalog items
-            text = getattr(model, "text", None)
-            if text is not None:
-                self.item_text = text.item_text.detach().numpy().astype(np.float32)
-            blend = SearchBlend.load(artifact.path)
-            self.blend = NumpyBlend(blend) if blend is not None else None
+            self.item_text = item_text_vectors(model)
+            if artifact.search_blend is not None:
+                self.blend = NumpyBlend(artifact.search_blend)
 
     def knows(self, item_id: str) -> bool:
         """Whether the model has an embedding for this item."""

@@ -61,3 +61,13 @@ class TextTable:
     def index(self, texts: Sequence[str | None]) -> np.ndarray:
         """Rows of the texts (0 for none or unknown)."""
         return np.array([self.rows.get(t, 0) if t else 0 for t in texts], dtype=np.int64)
+
+
+def item_text_vectors(model: nn.Module) -> np.ndarray | None:
+    """The items' MiniLM text vectors (n_items + 1, text_dim; row 0 zero) of a model with an item tower (None
+    without one)."""
+    text = getattr(model, "text", None)
+    if not isinstance(text, TextProjection):
+        return None
+    vectors: np.ndarray = text.item_text.detach().numpy().astype(np.float32)
+    return vectors

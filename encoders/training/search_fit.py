@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from encoders.models.inputs import SEARCH_TYPE
+from encoders.models.item_tower import item_text_vectors
 from encoders.models.registry import SequenceModel
 from encoders.models.search_blend import (
     FEATURES,
@@ -53,15 +54,6 @@ class SearchCase:
     text: np.ndarray  # (n_items + 1,) cosine of the query and each item's text vector; row 0 -inf
     personal: np.ndarray  # (n_items + 1,) the model's scores after the search; row 0 -inf
     recent: np.ndarray  # item rows of the user's last RECENT item events before the search
-
-
-def item_text_vectors(model: SequenceModel) -> np.ndarray | None:
-    """The items' MiniLM text vectors (n_items + 1, 384) of a model with an item tower (None without)."""
-    text = getattr(model, "text", None)
-    if text is None:
-        return None
-    vectors: np.ndarray = text.item_text.detach().numpy().astype(np.float32)
-    return vectors
 
 
 @dataclass

@@ -30,11 +30,12 @@ class IndexedModel:
     encoder: UserEncoder
     index: ItemIndex
     artifact: ModelArtifact | None = None  # None: built in memory (tests, the audit)
-    text_vectors: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # item -> (text, vector)
+    # Catalog items known by their text only: item -> (text, model vector, MiniLM vector when there is a
+    # text index).
+    text_vectors: dict[str, tuple[str, np.ndarray, np.ndarray | None]] = field(default_factory=dict)
     # The items' MiniLM text vectors, searched by a search's query (hybrid retrieval): kept beside the item
     # index, item for item, for a model with an item tower and a search blend (None: searches use the model).
     text_index: ItemIndex | None = None
-    catalog_text: dict[str, np.ndarray] = field(default_factory=dict)  # item known by its text -> MiniLM vector
 
     def __post_init__(self) -> None:
         self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
@@ -70,11 +71,11 @@ class IndexedModel:
         get = self._rows.get
         rows = np.fromiter((get(item, -1) + 1 for item in item_ids), dtype=np.int64, count=len(item_ids))
         out: np.ndarray = table[rows]  # row 0 is zero: items the model does not know, unless the catalog's
-        if self.catalog_text:
+        if self.text_vectors:
             for n in np.flatnonzero(rows == 0).tolist():
-                vector = self.catalog_text.get(item_ids[n])
-                if vector is not None:
-                    out[n] = vector
+                cached = self.text_vectors.get(item_ids[n])
+                if cached is not None and cached[2] is not None:
+                    out[n] = cached[2]
         return out
 
     def unit_vectors_of(self, item_ids: list[str]) -> np.ndarray:
@@ -116,20 +117,19 @@ class IndexedModel:
                 if item_id not in self.index:
                     add_ids.append(item_id)
                     add_vectors.append(cached[1])
-                    if item_id in self.catalog_text and texts is not None:
+                    if cached[2] is not None and texts is not None:
                         text_ids.append(item_id)
-                        text_add.append(self.catalog_text[item_id])
+                        text_add.append(cached[2])
             else:
                 vector = self.encoder.text_item_vector(text)
                 if vector is None:  # the model has no text path: the item waits for a model that knows it
                     remove.append(item_id)
                     continue
-                self.text_vectors[item_id] = (text, vector)
+                raw = self.encoder.text_vector(text) if texts is not None else None  # cached: no second forward
+                self.text_vectors[item_id] = (text, vector, raw)
                 add_ids.append(item_id)
                 add_vectors.append(vector)
-                raw = self.encoder.text_vector(text) if texts is not None else None
                 if raw is not None:
-                    self.catalog_text[item_id] = raw
                     text_ids.append(item_id)
                     text_add.append(raw)
         if remove:

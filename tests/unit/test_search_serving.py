@@ -35,9 +35,9 @@ def _recommender(tmp_path: Path, with_text_index: bool = True, carry: float = 0.
     assert model.text is not None
     vectors = TextEncoder().encode(TITLES)
     model.text.set_item_text(np.vstack([np.zeros((1, DIM), np.float32), vectors]))
-    SearchBlend(pool=4, weights=(5.0, 0.0, 0.1, 0.0, 0.0, 0.0), popularity=(0.0,) * 7, carry_events=carry,
-                carry_half_life_s=3600.0).save(tmp_path)
-    encoder = UserEncoder(ModelArtifact(model, IDS, "v1", "test", {}, tmp_path))
+    blend = SearchBlend(pool=4, weights=(5.0, 0.0, 0.1, 0.0, 0.0, 0.0), popularity=(0.0,) * 7, carry_events=carry,
+                        carry_half_life_s=3600.0)
+    encoder = UserEncoder(ModelArtifact(model, IDS, "v1", "test", {}, tmp_path, blend))
     assert encoder.blend is not None and encoder.item_text is not None
     served = IndexedModel(encoder, BruteForceIndex(encoder.dim), text_index=BruteForceIndex(DIM) if with_text_index
                           else None)
