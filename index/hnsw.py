@@ -42,6 +42,9 @@ class HnswIndex:
         self._index.set_num_threads(build_threads)
         self._labels: dict[str, int] = {}  # external id -> hnsw label (live items only)
         self._ids: dict[int, str] = {}  # hnsw label -> external id (live items only)
+        # The same as an array by label (None: a deleted label): a search turns its labels into ids in one
+        # fancy index rather than a dict lookup per result.
+        self._names = np.full(max(capacity, 16), None, dtype=object)
         self._next_label = 0
         self._lock = threading.Lock()
 
@@ -58,6 +61,7 @@ class HnswIndex:
                     self._labels[item] = label
                     self._ids[label] = item
                 labels.append(label)
+            self._name_labels(ids, labels)
             needed = self._index.get_current_count() + len(ids)
             if needed > self._index.get_max_elements():
                 self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
@@ -70,6 +74,7 @@ class HnswIndex:
                 label = self._labels.pop(item, None)
                 if label is not None:
                     del self._ids[label]
+                    self._names[label] = None
                     self._index.mark_deleted(label)
 
     def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
@@ -104,16 +109,28 @@ class HnswIndex:
     def _allowed(self, labels: np.ndarray, distances: np.ndarray, exclude: Collection[str],
                  k: int) -> list[tuple[str, float]]:
         """The first k live, non-excluded results as (id, inner product)."""
-        ids = self._ids
+        names = self._names[labels].tolist()
+        scores = (1.0 - distances).tolist()  # hnswlib's ip distance is 1 - <q, v>
+        if not exclude and None not in names:  # the common case: hnswlib returns no deleted label
+            return list(zip(names[:k], scores[:k], strict=True))
         out: list[tuple[str, float]] = []
-        for label, distance in zip(labels.tolist(), distances.tolist(), strict=True):
-            item = ids.get(label)
+        for item, score in zip(names, scores, strict=True):
             if item is None or item in exclude:
                 continue
-            out.append((item, 1.0 - distance))  # hnswlib's ip distance is 1 - <q, v>
+            out.append((item, score))
             if len(out) == k:
                 break
         return out
+
+    def _name_labels(self, ids: Sequence[str], labels: list[int]) -> None:
+        """Record the ids of these labels in the by-label array, growing it by doubling."""
+        top = max(labels, default=-1)
+        if top >= self._names.size:
+            grown = np.full(max(top + 1, 2 * self._names.size), None, dtype=object)
+            grown[:self._names.size] = self._names
+            self._names = grown
+        for item, label in zip(ids, labels, strict=True):
+            self._names[label] = item
 
     def _filtered_query(self, q: np.ndarray, k: int, blocked: set[int],
                         live: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +162,7 @@ class HnswIndex:
         index._index.set_ef(index.ef)
         index._labels = {str(k): int(v) for k, v in meta["labels"].items()}
         index._ids = {v: k for k, v in index._labels.items()}
+        index._name_labels(list(index._labels), list(index._labels.values()))
         index._next_label = int(meta["next_label"])
         return index
 

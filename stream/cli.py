@@ -56,18 +56,22 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a next-item model and write a versioned artifact")
     t.add_argument("--dataset", default="movielens", choices=["movielens", "yoochoose", "diginetica"])
     t.add_argument("--model", default="gru", choices=["gru", "lstm", "sasrec"])
-    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--epochs", type=int, default=None,
+                   help="most epochs; the count is chosen on the validation slice (default: TrainConfig's)")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: TrainConfig's)")
     t.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a field of the model's config dataclass, e.g. dim=128 (repeatable)")
     t.add_argument("--head-fraction", type=float, default=0.0,
-                   help="latest share of training events held back to fit the session head (stacking; 0 = off)")
-    t.add_argument("--mix-fraction", type=float, default=0.0,
-                   help="latest share of training events that chooses epochs and the item-kNN mix (0 = off)")
-    t.add_argument("--ranker", action="store_true",
-                   help="fit the learned re-ranker of the mix's best candidates on its validation slice "
-                        "(needs --mix-fraction)")
+                   help="latest share of training events held back to fit the session head (stacking; 0 = off; "
+                        "needs --mix-fraction 0)")
+    t.add_argument("--mix-fraction", type=float, default=None,
+                   help="latest share of training events (the validation slice) that chooses the epochs and the "
+                        "item-kNN mix, and on which the model must not lose to item-kNN (default: TrainConfig's; "
+                        "0 = no slice: the bare model, unchecked)")
+    t.add_argument("--no-ranker", dest="ranker", action="store_false",
+                   help="no learned re-ranker (by default it is fitted on the validation slice and kept where it "
+                        "beats the mix there)")
     t.add_argument("--no-searches", dest="searches", action="store_false",
                    help="drop search events (the with/without-searches comparison)")
     t.add_argument("--no-item-text", dest="item_text", action="store_false",
@@ -182,10 +186,11 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from stream.tools.datasets import item_texts, load_events
 
     torch.set_num_threads(args.threads)
-    config = TrainConfig(epochs=args.epochs, seed=args.seed, searches=args.searches,
-                         head_fraction=args.head_fraction, mix_fraction=args.mix_fraction, ranker=args.ranker)
-    if args.lr is not None:
-        config = dataclasses.replace(config, lr=args.lr)
+    given = {"epochs": args.epochs, "lr": args.lr, "mix_fraction": args.mix_fraction}
+    config = dataclasses.replace(TrainConfig(seed=args.seed, searches=args.searches, head_fraction=args.head_fraction,
+                                             ranker=args.ranker), **{k: v for k, v in given.items() if v is not None})
+    if config.mix_fraction <= 0 and config.ranker:  # no validation slice: nothing to fit the re-ranker on
+        config = dataclasses.replace(config, ranker=False)
     events = load_events(args.dataset, settings.data_dir)
     try:
         texts = item_texts(args.dataset, settings.data_dir) if args.item_text else {}
@@ -194,7 +199,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         raise StreamrecError(f"bad --option: {exc}") from None
     path = save_artifact(result.model, result.item_ids, result.metrics, args.dataset,
                          args.out or settings.home / "models", result.search_blend)
-    print(json.dumps({"artifact": str(path), "eval": result.metrics["eval"]}))
+    validation = result.metrics["train"].get("mix", {}).get("validation")  # the mix, the model, item-kNN
+    print(json.dumps({"artifact": str(path), "eval": result.metrics["eval"], "validation": validation}))
     return 0
 
 

@@ -9,6 +9,10 @@ trained, the kNN weight stays small because the model memorises its training eve
 ones has not seen (as the test period is unseen). The mix is stored in the session head's existing
 parameters (repeat weights times ``c``, neighbour weights ``w * 0.8 ** rank``, a neighbour gate fixed at 1),
 so the worker serves it through the same ``NumpyRepeatHead.bonus`` that scores it offline.
+
+A mix that loses to item-kNN alone on the validation slice (lower MRR@20 or lower Recall@20) is never
+chosen: the best grid point that does not lose is, and the grid's largest ``w`` orders items by the kNN votes
+with the model breaking their ties, which item-kNN's random tie-breaking rarely beats.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from encoders.models.session_head import NEIGHBOUR_HISTORY, NumpyRepeatHead, nei
 from encoders.training.baselines import ItemKnnConfig
 from encoders.training.evaluation import held_out, rank_of, ranking_metrics, sequence_queries
 from encoders.training.sequences import UserSequence
+from stream.errors import TrainingError
 
 REPEAT_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # c: the head's learned repeat bonus, scaled
 KNN_WEIGHTS = (0.0, *(2.0 ** k for k in range(13)))  # w, 1 to 4096: inner products are O(10), kNN votes O(1)
@@ -39,6 +44,26 @@ class Mix:
     repeat_scale: float
     knn_weight: float
     validation: dict[str, dict[str, float]]  # "mix", "model" (c=1, w=0), "item_knn" (kNN votes alone)
+    beats_item_knn: bool = True  # False: no grid point reached item-kNN on both MRR@20 and Recall@20
+
+
+def not_worse(figures: dict[str, float], baseline: dict[str, float]) -> bool:
+    """True when ``figures`` do not lose to ``baseline`` on MRR@20 nor on Recall@20."""
+    return figures["mrr@20"] >= baseline["mrr@20"] and figures["recall@20"] >= baseline["recall@20"]
+
+
+def best_fit(fits: list[Mix]) -> int:
+    """The position of the fit (one per validated epoch) with the best validation MRR@20 among those that do
+    not lose to item-kNN; a :class:`TrainingError` naming both figures when every one loses."""
+    fair = [i for i, fit in enumerate(fits) if fit.beats_item_knn]
+    if not fair:
+        best = max(fits, key=lambda fit: fit.validation["mix"]["mrr@20"])
+        mix, knn = best.validation["mix"], best.validation["item_knn"]
+        raise TrainingError(
+            f"every model and mix loses to item-kNN on the validation slice: the best scored MRR@20 "
+            f"{mix['mrr@20']:.4f} and Recall@20 {mix['recall@20']:.4f}, item-kNN {knn['mrr@20']:.4f} and "
+            f"{knn['recall@20']:.4f}; no model was written")
+    return max(fair, key=lambda i: (fits[i].validation["mix"]["mrr@20"], fits[i].validation["mix"]["recall@20"]))
 
 
 def knn_table(similarity: sparse.csr_matrix, k: int,
@@ -85,10 +110,12 @@ def fit_mix(model: SequenceModel, sequences: dict[str, UserSequence], since: flo
             score[:, 0] = -np.inf
             ranks[key] += [rank_of(score[p], target, n_items) for p, target in enumerate(targets)]
     measured = {key: ranking_metrics(r) for key, r in ranks.items()}  # ties at random, as the evaluation
-    best = max(grid, key=lambda key: (measured[key]["mrr@20"], measured[key]["recall@20"]))
+    knn_alone = measured[(0.0, math.inf)]
+    fair = [key for key in grid if not_worse(measured[key], knn_alone)]
+    best = max(fair or grid, key=lambda key: (measured[key]["mrr@20"], measured[key]["recall@20"]))
     return Mix(repeat_scale=best[0], knn_weight=best[1],
-               validation={"mix": measured[best], "model": measured[(1.0, 0.0)],
-                                                                   "item_knn": measured[(0.0, math.inf)]})
+               validation={"mix": measured[best], "model": measured[(1.0, 0.0)], "item_knn": knn_alone},
+               beats_item_knn=bool(fair))
 
 
 def with_mix(model: SequenceModel, table: tuple[np.ndarray, np.ndarray], mix: Mix) -> SequenceModel:

@@ -144,3 +144,18 @@ def fit_ranker(ranker: Ranker, examples: list[tuple[np.ndarray, int]], config: R
         losses.append(total / len(y))
     ranker.eval()
     return losses
+
+
+def candidate_mrr(ranker: NumpyRanker, examples: list[tuple[np.ndarray, int]]) -> tuple[float, float]:
+    """MRR@20 over ``examples`` of the first stage's order of the candidates and of the ranker's order (a target
+    outside the candidates is a miss for both): whether the fitted MLP pays on targets it was not fitted on."""
+    first = reranked = 0.0
+    for features, target in examples:
+        if target < 0:
+            continue
+        scores = ranker.scores(features.astype(np.float64))
+        rank = 1 + int((scores > scores[target]).sum())
+        first += 1.0 / (target + 1) if target < 20 else 0.0
+        reranked += 1.0 / rank if rank <= 20 else 0.0
+    n = max(len(examples), 1)
+    return first / n, reranked / n

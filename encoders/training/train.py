@@ -8,10 +8,13 @@ ranks all items for each held-out click/purchase, predicted from the user's enti
 evaluation.py); a session that straddles the cutoff keeps its earlier part as history. Dropping searches
 (``searches=False``) happens after the cutoff is fixed, so both variants share the split and test events.
 
-With ``mix_fraction`` > 0 (item_knn_mix.py) the latest share of the training events is a validation slice: a
-model trained on the events before it is validated after each epoch, which chooses the epoch count and
-the weights of the item-kNN mix; the final model is then trained afresh on all training events for that
-many epochs and gets the chosen mix with the kNN similarity of the whole training period.
+The default recipe (``mix_fraction`` 0.1, item_knn_mix.py): the latest share of the training events is a
+validation slice. A model trained on the events before it is validated after each epoch, which chooses the
+epoch count and the weights of the item-kNN mix; no choice that loses to item-kNN alone on that slice is
+taken, and when every one loses, training fails with both figures rather than write the model. The
+re-ranker is fitted on the same slice and kept only when it beats the mix's order on the slice's last
+quarter. The final model is then trained afresh on all training events for the chosen epochs and gets the
+chosen mix with the kNN similarity of the whole training period (and the re-ranker with its tables).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from encoders.models.gru import RecurrentModel
 from encoders.models.item_tower import TextTable
-from encoders.models.ranker import Ranker, RankerConfig
+from encoders.models.ranker import NumpyRanker, Ranker, RankerConfig
 from encoders.models.registry import SequenceModel, build_model
 from encoders.models.search_blend import SearchBlend
 from encoders.models.session_head import neighbour_table
@@ -36,8 +39,14 @@ from encoders.models.transformer import SasrecConfig
 from encoders.training.baselines import ItemKnn, Popularity
 from encoders.training.evaluation import evaluate_model
 from encoders.training.events import DatasetEvent
-from encoders.training.item_knn_mix import Mix, fit_mix, knn_table, with_mix
-from encoders.training.ranker_fit import fit_ranker, ranker_examples, ranker_tables, with_ranker
+from encoders.training.item_knn_mix import Mix, best_fit, fit_mix, knn_table, with_mix
+from encoders.training.ranker_fit import (
+    candidate_mrr,
+    fit_ranker,
+    ranker_examples,
+    ranker_tables,
+    with_ranker,
+)
 from encoders.training.search_fit import fit_search_blend
 from encoders.training.sequences import (
     UserSequence,
@@ -53,13 +62,14 @@ from stream.errors import ConfigError
 # (``head_fraction``) is off: on yoochoose it measured worse (docs/models.md).
 
 RANKER = RankerConfig()  # the re-ranker's shape and fit, when TrainConfig.ranker is set
+RANKER_HOLDOUT = 0.25  # share of the validation targets that judges whether the fitted re-ranker pays
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings; saved with the artifact's metrics."""
 
-    epochs: int = 6
+    epochs: int = 4  # at most: with a validation slice (mix_fraction) the count is chosen there
     batch_size: int = 64
     window: int = 64  # training sequence length of the recurrent models (truncated back-propagation)
     lr: float = 3e-3
@@ -71,10 +81,12 @@ class TrainConfig:
     head_fraction: float = 0.0  # latest share of the training events held back to fit the session head (0 = off)
     head_epochs: int = 4
     head_lr: float = 5e-2  # the head's few parameters and the output layer move far from their start
-    mix_fraction: float = 0.0  # latest share of the training events that chooses epochs and the kNN mix (0 = off)
+    # The latest share of the training events: it chooses the epochs and the kNN mix, and no model that loses
+    # to item-kNN there is written. 0: no validation slice, the bare model (tests, ablations).
+    mix_fraction: float = 0.1
     mix_neighbours: int = 100  # co-occurring items kept per item for the mix (itself included); 93% of rows fit
     max_val_events: int = 10_000  # validation events scored after each epoch when mixing
-    ranker: bool = False  # fit the re-ranker (encoders/models/ranker.py) on the validation slice (needs mix_fraction)
+    ranker: bool = True  # the re-ranker (ranker.py): fitted on the validation slice, kept where it pays there
 
 
 @dataclass
@@ -133,7 +145,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
     if config.mix_fraction > 0 and config.head_fraction > 0:
         raise ConfigError("mix_fraction", "mix_fraction and head_fraction are alternatives: set one of them")
     if config.ranker and config.mix_fraction <= 0:
-        raise ConfigError("ranker", "the ranker is fitted on the mix's validation slice: set mix_fraction too")
+        raise ConfigError("ranker", "the ranker is fitted on the mix's validation slice: set mix_fraction too "
+                                    "or turn the ranker off")
     if config.mix_fraction > 0:
         since = temporal_cutoff([e for e in events if e.ts < cutoff], config.mix_fraction)
         mix, mix_record, fitted = _choose_mix(model, cell, sequences, since, cutoff, len(vocabulary), window,
@@ -216,10 +229,11 @@ def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequen
     arrays = [torch.from_numpy(a) for a in training_windows(sequences, since, window)]
     _fit(model, arrays, list(model.parameters()), config.epochs, config.lr, config, query_vectors, progress,
          f"train {cell} before the validation slice", after_epoch=validate)
-    best = max(range(len(fits)), key=lambda i: fits[i].validation["mix"]["mrr@20"])
+    best = best_fit(fits)  # raises when every epoch's mix loses to item-kNN on the validation slice
     record: dict[str, Any] = {"mix": {"fraction": config.mix_fraction, "since_ts": since,
                                       "neighbours": config.mix_neighbours, "epochs": rows, "chosen_epochs": best + 1,
-                                      "repeat_scale": fits[best].repeat_scale, "knn_weight": fits[best].knn_weight}}
+                                      "repeat_scale": fits[best].repeat_scale, "knn_weight": fits[best].knn_weight,
+                                      "validation": fits[best].validation}}
     if not config.ranker:
         return fits[best], record, None
     model.load_state_dict(weights[best])
@@ -227,13 +241,24 @@ def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequen
                          ranker_tables(sequences, since, n_items, RANKER.rules))
     examples = ranker_examples(ranked, sequences, since, cutoff, RANKER.max_events, vectors)
     assert ranked.ranker is not None
-    losses = fit_ranker(ranked.ranker, examples, RANKER, config.seed)
+    # Kept only where it pays: fitted on the first users' validation targets, it must beat the mix's own order
+    # on the last quarter's (users in sorted order); then it is fitted again on all of them.
+    split = len(examples) - int(len(examples) * RANKER_HOLDOUT)
+    mix_mrr = ranker_mrr = 0.0
+    if any(y >= 0 for _, y in examples[:split]):  # else there is nothing to fit it on
+        fit_ranker(ranked.ranker, examples[:split], RANKER, config.seed)
+        mix_mrr, ranker_mrr = candidate_mrr(NumpyRanker(ranked.ranker, ranked.config.ranker_candidates),
+                                            examples[split:])
+    kept = ranker_mrr > mix_mrr
+    losses = fit_ranker(ranked.ranker, examples, RANKER, config.seed) if kept else []
     hits = sum(1 for _, y in examples if y >= 0)
-    record["ranker"] = RANKER.to_dict() | {"examples": len(examples), "target_among_candidates": hits,
-                                           "losses": [round(x, 4) for x in losses]}
+    record["ranker"] = RANKER.to_dict() | {
+        "examples": len(examples), "target_among_candidates": hits, "losses": [round(x, 4) for x in losses],
+        "holdout": {"targets": len(examples) - split, "mix_mrr@20": round(mix_mrr, 4),
+                    "ranker_mrr@20": round(ranker_mrr, 4)}, "kept": kept}
     if progress:
         tqdm.write(f"ranker: {record['ranker']}")
-    return fits[best], record, ranked.ranker
+    return fits[best], record, ranked.ranker if kept else None
 
 
 def _fit(model: SequenceModel, arrays: list[torch.Tensor], params: list[torch.nn.Parameter], epochs: int,

@@ -160,7 +160,7 @@ def find_model(settings: Settings, config: BenchConfig) -> Path:
     from stream.tools.datasets import load_events
 
     print(f"training a {config.model} on {DATASET} (no artifact found) ...", file=sys.stderr, flush=True)
-    result = train(load_events(DATASET, settings.data_dir), cell=config.model, config=TrainConfig(epochs=4))
+    result = train(load_events(DATASET, settings.data_dir), cell=config.model, config=TrainConfig())
     return save_artifact(result.model, result.item_ids, result.metrics, DATASET, settings.home / "models")
 
 

@@ -52,24 +52,25 @@ class IndexedModel:
         """The model version lists carry."""
         return self.encoder.version
 
-    def vectors_of(self, item_ids: list[str], unit: bool = False) -> np.ndarray:
+    def vectors_of(self, item_ids: list[str], unit: bool = False, rows: np.ndarray | None = None) -> np.ndarray:
         """(n, dim) vectors of these items as the index holds them (``unit``: scaled to length 1); zeros for
-        an item the index does not know."""
-        rows = [self._rows.get(item, -1) for item in item_ids]
-        out: np.ndarray = (self._unit if unit else self._padded)[rows]
-        if self.text_vectors and -1 in rows:  # catalog items known by their text only
-            for n, item in enumerate(item_ids):
-                if rows[n] == -1 and item in self.text_vectors:
-                    vector = self.text_vectors[item][1]
+        an item the index does not know. ``rows``: their model rows, when the caller has them already."""
+        rows = self.encoder.rows_of(item_ids) if rows is None else rows
+        out: np.ndarray = (self._unit if unit else self._padded)[rows - 1]  # row 0 (unknown) -> the zero row
+        if self.text_vectors:  # catalog items known by their text only
+            for n in np.flatnonzero(rows == 0).tolist():
+                cached = self.text_vectors.get(item_ids[n])
+                if cached is not None:
+                    vector = cached[1]
                     out[n] = vector / max(float(np.linalg.norm(vector)), 1e-9) if unit else vector
         return out
 
-    def text_vectors_of(self, item_ids: list[str]) -> np.ndarray:
-        """(n, text_dim) MiniLM vectors of these items' texts; zeros for an item without one."""
+    def text_vectors_of(self, item_ids: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+        """(n, text_dim) MiniLM vectors of these items' texts; zeros for an item without one. ``rows``: their
+        model rows, when the caller has them already."""
         table = self.encoder.item_text
         assert table is not None, "a model without an item tower has no item texts"
-        get = self._rows.get
-        rows = np.fromiter((get(item, -1) + 1 for item in item_ids), dtype=np.int64, count=len(item_ids))
+        rows = self.encoder.rows_of(item_ids) if rows is None else rows
         out: np.ndarray = table[rows]  # row 0 is zero: items the model does not know, unless the catalog's
         if self.text_vectors:
             for n in np.flatnonzero(rows == 0).tolist():

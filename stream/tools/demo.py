@@ -59,7 +59,7 @@ def _model(settings: Settings) -> Path:
     _say("model", "training a GRU with an item tower and a search blend on movielens_latest_small "
                   "(temporal split, seed 42) ...")
     started = time.perf_counter()
-    result = train(load_events(DATASET, settings.data_dir), cell="gru", config=TrainConfig(epochs=4),
+    result = train(load_events(DATASET, settings.data_dir), cell="gru", config=TrainConfig(),
                    item_texts=item_texts(DATASET, settings.data_dir))
     path = save_artifact(result.model, result.item_ids, result.metrics, DATASET, root, result.search_blend)
     _say("model", f"trained in {time.perf_counter() - started:.0f} s -> {path}")

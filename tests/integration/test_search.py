@@ -11,20 +11,21 @@ import pytest
 
 from encoders.artifact import save_artifact
 from encoders.models.search_blend import FILE as BLEND_FILE
-from encoders.training.train import TrainConfig, train
+from encoders.training.train import train
 from stream.config import Settings
 from stream.core.schemas import Event
 from stream.kafka.consume import RecommendationReader, wait_until_serving
 from stream.local.processes import start_worker, stop_worker
 from stream.tools.datasets import item_texts, load_events
 from stream.tools.search_report import evaluate_search, movie_genres
+from tests.artifacts import QUICK
 from tests.streaming import click, collect, send
 
 
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A small GRU with the item tower, trained for one epoch on MovieLens, with its search blend."""
-    result = train(load_events("movielens", data_dir), cell="gru", config=TrainConfig(epochs=1, seed=7),
+    result = train(load_events("movielens", data_dir), cell="gru", config=QUICK,
                    progress=False, options={"dim": 32, "hidden": 32}, item_texts=item_texts("movielens", data_dir))
     assert result.search_blend is not None, "a model with an item tower on movielens gets a search blend"
     return save_artifact(result.model, result.item_ids, result.metrics, "movielens",
