@@ -4,6 +4,7 @@
     <root>/<version>/config.json         format, version, dataset, model config, training metrics
     <root>/<version>/items.json          item ids; entry i is embedding row i + 1
     <root>/<version>/search_blend.json   optional: the search blend (encoders/models/search_blend.py)
+    <root>/<version>/live.json           optional: the live table's settings (encoders/models/live_neighbours.py)
 
 The folder is written under a temporary name and renamed, so a reader never sees half an artifact.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from encoders.models.live_neighbours import LiveConfig
 from encoders.models.registry import MODELS, SequenceModel, model_from_config
 from encoders.models.search_blend import SearchBlend
 from stream.errors import ArtifactError
@@ -40,12 +42,13 @@ class ModelArtifact:
     metrics: dict[str, Any]
     path: Path
     search_blend: SearchBlend | None = None  # search_blend.json, for a model that answers searches by text
+    live: LiveConfig | None = None  # live.json: how the model learns item neighbours from the stream
 
 
 def save_artifact(model: SequenceModel, item_ids: list[str], metrics: dict[str, Any], dataset: str,
-                  root: Path, search_blend: SearchBlend | None = None) -> Path:
-    """Write a new versioned artifact under ``root`` (with the model's search blend, if it has one) and return
-    its folder."""
+                  root: Path, search_blend: SearchBlend | None = None, live: LiveConfig | None = None) -> Path:
+    """Write a new versioned artifact under ``root`` (with the model's search blend and live-table settings,
+    if it has them) and return its folder."""
     if len(item_ids) != model.config.n_items:
         raise ArtifactError(f"{len(item_ids)} item ids for a model of {model.config.n_items} items")
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
@@ -67,6 +70,8 @@ def save_artifact(model: SequenceModel, item_ids: list[str], metrics: dict[str, 
     (tmp / "items.json").write_text(json.dumps(item_ids) + "\n")
     if search_blend is not None:
         search_blend.save(tmp)
+    if live is not None:
+        live.save(tmp)
     os.replace(tmp, final)
     return final
 
@@ -102,7 +107,7 @@ def load_artifact(path: Path) -> ModelArtifact:
     model.eval()
     return ModelArtifact(model=model, item_ids=[str(i) for i in item_ids], version=str(config["version"]),
                          dataset=str(config.get("dataset", "")), metrics=config.get("metrics", {}), path=path,
-                         search_blend=SearchBlend.load(path))
+                         search_blend=SearchBlend.load(path), live=LiveConfig.load(path))
 
 
 def latest_artifact(root: Path, dataset: str = "*", cell: str = "*") -> Path | None:

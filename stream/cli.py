@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="also replay the test period through the real broker and worker and score the lists")
     ev.add_argument("--rate", type=float, default=400.0, help="events per second of the online replay")
     ev.add_argument("--diversity", default=None, help="MMR strengths to compare, e.g. 0,0.3,0.6 (diversity.md)")
+    ev.add_argument("--learning", default=None, metavar="on,off",
+                    help="score the test period walked in time order with learning from the stream on and/or off "
+                         "(learning.json)")
     ev.add_argument("--search", action="store_true",
                     help="also measure search quality (movielens, a model with an item tower): search.json")
     t.add_argument("--out", type=Path, default=None, help="artifact root (default <home>/models)")
@@ -198,7 +201,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     except TypeError as exc:  # an --option that is not a field of the model's config
         raise StreamrecError(f"bad --option: {exc}") from None
     path = save_artifact(result.model, result.item_ids, result.metrics, args.dataset,
-                         args.out or settings.home / "models", result.search_blend)
+                         args.out or settings.home / "models", result.search_blend, result.live)
     validation = result.metrics["train"].get("mix", {}).get("validation")  # the mix, the model, item-kNN
     print(json.dumps({"artifact": str(path), "eval": result.metrics["eval"], "validation": validation}))
     return 0
@@ -315,6 +318,13 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
         for path in args.artifacts:
             result = evaluate_search(path, settings.data_dir, args.out)
             print(json.dumps({"search": {k: v for k, v in result.items() if k != "run"}}))
+    if args.learning:
+        from stream.tools.learning_report import evaluate_learning, learning_modes
+
+        modes = learning_modes(args.learning)
+        for path in args.artifacts:
+            result = evaluate_learning(path, settings.data_dir, args.out, modes, max_events=args.max_events)
+            print(json.dumps({"learning": {k: v for k, v in result.items() if k != "run"}}))
     if args.online:
         from stream.tools.online_eval import evaluate_online, write_online_report
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from encoders.artifact import ModelArtifact, load_artifact
 from encoders.serving import UserEncoder
@@ -19,6 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data"))
 
 torch.set_num_threads(1)
+# Property tests assert behaviour, not speed (speed lives in `streamrec bench`): no per-example deadline, which
+# a machine busy with other work would otherwise trip.
+settings.register_profile("streamrec", deadline=None)
+settings.load_profile("streamrec")
 
 
 @pytest.fixture(scope="session")

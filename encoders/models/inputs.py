@@ -12,6 +12,7 @@ EVENT_TYPES: tuple[EventType, ...] = ("click", "search", "purchase")
 # Event-type ids fed to the models; 0 pads sequences.
 TYPE_IDS = {"click": 1, "search": 2, "purchase": 3}
 SEARCH_TYPE = TYPE_IDS["search"]  # searches carry no item
+PURCHASE_TYPE = TYPE_IDS["purchase"]
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 

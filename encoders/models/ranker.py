@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from encoders.models.inputs import TYPE_IDS
+from encoders.models.inputs import PURCHASE_TYPE
 from stream.errors import ConfigError
 
 if TYPE_CHECKING:  # session_head.py builds the ranker from its config, so it imports this module
@@ -55,7 +55,6 @@ FEATURES = (
     "trend",  # recent_popularity - popularity
 )
 HISTORY = 10  # recent item events the session features look at
-PURCHASE_TYPE = TYPE_IDS["purchase"]
 
 
 def count_setting(setting: str, value: object, least: int = 0) -> int:
@@ -220,12 +219,22 @@ def _best(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+Extra = tuple[np.ndarray, np.ndarray]  # (rows, bonus) added to the kNN part: the live table's votes
+
+
 def first_stage(head: NumpyRepeatHead, query: np.ndarray, item_emb: np.ndarray,
                 recent_rows: Sequence[int] | np.ndarray, recent_types: Sequence[int] | np.ndarray,
-                candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                candidates: np.ndarray | None = None,
+                extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rows, inner product, repeat bonus, kNN bonus) of the index's ``candidates`` (None: every item) and
-    the rows the session head adds, after a user's item events (rows and type ids, oldest first)."""
+    the rows the session head adds, after a user's item events (rows and type ids, oldest first); ``extra``
+    (rows, bonus) joins the kNN part (encoders/models/live_neighbours.py)."""
     b_rows, repeat_b, knn_b = head.bonus_parts(query, recent_rows, recent_types)
+    if extra is not None and extra[0].size:
+        b_rows, inverse = np.unique(np.concatenate([b_rows, extra[0]]), return_inverse=True)
+        n = repeat_b.size
+        repeat_b = np.bincount(inverse[:n], weights=repeat_b, minlength=b_rows.size)
+        knn_b = np.bincount(inverse, weights=np.concatenate([knn_b, extra[1]]), minlength=b_rows.size)
     if candidates is None:
         rows = np.arange(1, item_emb.shape[0], dtype=np.int64)
         position = b_rows - 1
@@ -243,10 +252,11 @@ def first_stage(head: NumpyRepeatHead, query: np.ndarray, item_emb: np.ndarray,
 
 def candidate_features(head: NumpyRepeatHead, ranker: NumpyRanker, query: np.ndarray, item_emb: np.ndarray,
                 recent_rows: Sequence[int] | np.ndarray, recent_types: Sequence[int] | np.ndarray,
-                candidates: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                candidates: np.ndarray | None,
+                extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rows, first-stage scores, positions of the ranker's candidates in ``rows`` best first, their
     features): what both :func:`session_scores` and the fit's examples (encoders/training/ranker_fit.py) start from."""
-    rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types, candidates)
+    rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types, candidates, extra)
     mix = inner + repeat + knn
     top = _best(mix, ranker.candidates)
     features = ranker.features(rows[top], inner[top], repeat[top], knn[top], head.nbr_idx, head.nbr_sim,
@@ -256,15 +266,17 @@ def candidate_features(head: NumpyRepeatHead, ranker: NumpyRanker, query: np.nda
 
 def session_scores(head: NumpyRepeatHead, ranker: NumpyRanker | None, query: np.ndarray, item_emb: np.ndarray,
                    recent_rows: Sequence[int] | np.ndarray, recent_types: Sequence[int] | np.ndarray,
-                   candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   candidates: np.ndarray | None = None, extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The final scores of item rows after a user's item events: the inner product plus the session head's
     bonus and, with a ranker, its re-ordering of the best ``ranker.candidates`` by that sum (see
     :func:`first_stage`). Returns (rows, scores); the re-ordered rows score above the rest, whose order is
-    kept. The one scoring function of the offline evaluation and of the worker."""
+    kept; ``extra`` joins the kNN part (:func:`first_stage`). The one scoring function of the offline evaluation
+    and of the worker."""
     if ranker is None:
-        rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types, candidates)
+        rows, inner, repeat, knn = first_stage(head, query, item_emb, recent_rows, recent_types, candidates, extra)
         return rows, inner + repeat + knn
-    rows, mix, top, features = candidate_features(head, ranker, query, item_emb, recent_rows, recent_types, candidates)
+    rows, mix, top, features = candidate_features(head, ranker, query, item_emb, recent_rows, recent_types,
+                                                  candidates, extra)
     if rows.size == 0:
         return rows, mix
     ranked = ranker.scores(features)

@@ -24,6 +24,9 @@ class UserSequence:
     ts: np.ndarray
     queries: np.ndarray | None = None
     search_targets: np.ndarray | None = None  # per event: the row a search was for (0 = none or unknown)
+    # ``items`` with each item outside the vocabulary numbered too (rows after the vocabulary's, in order of
+    # first appearance): what a worker learning from the stream tells apart (streaming_eval.py).
+    live_items: np.ndarray | None = None
 
 
 def temporal_cutoff(events: Sequence[DatasetEvent], test_fraction: float) -> float:
@@ -45,6 +48,10 @@ def build_sequences(events: Sequence[DatasetEvent], vocabulary: Sequence[str], q
     """Group events by user (keeping time order) and encode them with the vocabulary (and the query rows of
     a text table)."""
     index = {item: n for n, item in enumerate(vocabulary, 1)}
+    live = dict(index)
+    for e in events:  # time order: later rows for later newcomers
+        if e.item_id and e.item_id not in live:
+            live[e.item_id] = len(live) + 1
     rows: dict[str, list[DatasetEvent]] = {}
     for e in events:
         rows.setdefault(e.user_id, []).append(e)
@@ -60,6 +67,7 @@ def build_sequences(events: Sequence[DatasetEvent], vocabulary: Sequence[str], q
             queries=None if query_rows is None else np.array(
                 [query_rows.get(e.query, 0) if e.query else 0 for e in evs], dtype=np.int64),
             search_targets=np.array([index.get(e.target, 0) if e.target else 0 for e in evs], dtype=np.int64),
+            live_items=np.array([live[e.item_id] if e.item_id else 0 for e in evs], dtype=np.int64),
         )
     return out
 

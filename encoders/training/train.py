@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from encoders.models.gru import RecurrentModel
 from encoders.models.item_tower import TextTable
+from encoders.models.live_neighbours import LiveConfig
 from encoders.models.ranker import NumpyRanker, Ranker, RankerConfig
 from encoders.models.registry import SequenceModel, build_model
 from encoders.models.search_blend import SearchBlend
@@ -55,6 +56,7 @@ from encoders.training.sequences import (
     temporal_cutoff,
     training_windows,
 )
+from encoders.training.streaming_eval import fit_live_weight
 from stream.errors import ConfigError
 
 # A trained model's session head is the model config's default (encoders/models/session_head.py
@@ -87,6 +89,8 @@ class TrainConfig:
     mix_neighbours: int = 100  # co-occurring items kept per item for the mix (itself included); 93% of rows fit
     max_val_events: int = 10_000  # validation events scored after each epoch when mixing
     ranker: bool = True  # the re-ranker (ranker.py): fitted on the validation slice, kept where it pays there
+    learning: bool = True  # fit the live co-occurrence votes' weight on the validation slice (live_neighbours.py)
+    max_live_events: int = 5_000  # validation targets each live setting is scored on (9 walks of the slice)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class TrainResult:
     item_ids: list[str]
     metrics: dict[str, Any]
     search_blend: SearchBlend | None = None  # for a model with an item tower on a dataset of targeted searches
+    live: LiveConfig | None = None  # the live table's settings, with its weight fitted on the validation slice
 
 
 def seed_everything(seed: int) -> None:
@@ -140,7 +145,7 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
                                 queries.rows if queries is not None else None)
     window = model_config.window if isinstance(model_config, SasrecConfig) else config.window
     query_vectors = torch.from_numpy(queries.vectors) if queries is not None else None
-    epochs, mix, fitted = config.epochs, None, None
+    epochs, mix, fitted, live = config.epochs, None, None, None
     mix_record: dict[str, Any] = {}
     if config.mix_fraction > 0 and config.head_fraction > 0:
         raise ConfigError("mix_fraction", "mix_fraction and head_fraction are alternatives: set one of them")
@@ -149,8 +154,8 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
                                     "or turn the ranker off")
     if config.mix_fraction > 0:
         since = temporal_cutoff([e for e in events if e.ts < cutoff], config.mix_fraction)
-        mix, mix_record, fitted = _choose_mix(model, cell, sequences, since, cutoff, len(vocabulary), window,
-                                              config, query_vectors, progress)
+        mix, mix_record, fitted, live = _choose_mix(model, cell, sequences, since, cutoff, len(vocabulary), window,
+                                                    config, query_vectors, progress)
         epochs = int(mix_record["mix"]["chosen_epochs"])
         seed_everything(config.seed)  # the final model starts as a run without the mix would
         model = fresh()
@@ -201,16 +206,17 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
                                    "seconds": round(time.perf_counter() - started, 1)} | mix_record,
         "eval": quality,
     } | ({"search_blend": blend_record} if blend is not None else {})
-    return TrainResult(model=model, item_ids=vocabulary, metrics=metrics, search_blend=blend)
+    return TrainResult(model=model, item_ids=vocabulary, metrics=metrics, search_blend=blend, live=live)
 
 
 def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequence], since: float, cutoff: float,
                 n_items: int, window: int, config: TrainConfig, query_vectors: torch.Tensor | None,
-                progress: bool) -> tuple[Mix, dict[str, Any], Ranker | None]:
+                progress: bool) -> tuple[Mix, dict[str, Any], Ranker | None, LiveConfig | None]:
     """Train ``model`` on the training events before ``since`` and, after each epoch, fit the kNN mix on the
     validation events in [since, cutoff); the epoch count and mix with the best validation MRR@20 are chosen.
     With ``config.ranker`` the re-ranker is then fitted on the same events, over the chosen epoch's mixed
-    model. The test period is never looked at."""
+    model; with ``config.learning`` the live votes' weight is chosen there last (streaming_eval.py). The test
+    period is never looked at."""
     table = knn_table(ItemKnn(sequences, since, n_items).similarity, config.mix_neighbours)
     vectors = query_vectors.numpy() if query_vectors is not None else None
     fits: list[Mix] = []
@@ -221,8 +227,7 @@ def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequen
         fits.append(fit_mix(model, sequences, since, cutoff, table, config.max_val_events, vectors))
         rows.append({"epoch": epoch, "loss": round(loss, 4), "repeat_scale": fits[-1].repeat_scale,
                      "knn_weight": fits[-1].knn_weight, "validation": fits[-1].validation})
-        if config.ranker:
-            weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         if progress:
             tqdm.write(f"validation after epoch {epoch}: {rows[-1]}")
 
@@ -234,11 +239,11 @@ def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequen
                                       "neighbours": config.mix_neighbours, "epochs": rows, "chosen_epochs": best + 1,
                                       "repeat_scale": fits[best].repeat_scale, "knn_weight": fits[best].knn_weight,
                                       "validation": fits[best].validation}}
-    if not config.ranker:
-        return fits[best], record, None
     model.load_state_dict(weights[best])
-    ranked = with_ranker(with_mix(model, table, fits[best]), RANKER,
-                         ranker_tables(sequences, since, n_items, RANKER.rules))
+    mixed = with_mix(model, table, fits[best])
+    if not config.ranker:
+        return fits[best], record, None, _fit_live(mixed, sequences, since, cutoff, config, vectors, record, progress)
+    ranked = with_ranker(mixed, RANKER, ranker_tables(sequences, since, n_items, RANKER.rules))
     examples = ranker_examples(ranked, sequences, since, cutoff, RANKER.max_events, vectors)
     assert ranked.ranker is not None
     # Kept only where it pays: fitted on the first users' validation targets, it must beat the mix's own order
@@ -258,7 +263,23 @@ def _choose_mix(model: SequenceModel, cell: str, sequences: dict[str, UserSequen
                     "ranker_mrr@20": round(ranker_mrr, 4)}, "kept": kept}
     if progress:
         tqdm.write(f"ranker: {record['ranker']}")
-    return fits[best], record, ranked.ranker if kept else None
+    live = _fit_live(ranked if kept else mixed, sequences, since, cutoff, config, vectors, record, progress)
+    return fits[best], record, ranked.ranker if kept else None, live
+
+
+def _fit_live(validated: SequenceModel, sequences: dict[str, UserSequence], since: float, cutoff: float,
+              config: TrainConfig, vectors: np.ndarray | None, record: dict[str, Any],
+              progress: bool) -> LiveConfig | None:
+    """The live table's settings with the weight that scored best on the validation slice (``record["live"]``
+    gets every weight's figures), for the model as validated (trained before it, mixed, re-ranked)."""
+    if not config.learning:
+        return None
+    live, record["live"] = fit_live_weight(validated, sequences, since, cutoff, config.max_live_events,
+                                           query_vectors=vectors)
+    if progress:
+        tqdm.write(f"live neighbours: weight {live.weight}, new-item offset {live.new_item_offset}, validation "
+                   f"{ {k: v['overall'] for k, v in record['live']['validation'].items()} }")
+    return live
 
 
 def _fit(model: SequenceModel, arrays: list[torch.Tensor], params: list[torch.nn.Parameter], epochs: int,

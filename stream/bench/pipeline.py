@@ -161,7 +161,8 @@ def find_model(settings: Settings, config: BenchConfig) -> Path:
 
     print(f"training a {config.model} on {DATASET} (no artifact found) ...", file=sys.stderr, flush=True)
     result = train(load_events(DATASET, settings.data_dir), cell=config.model, config=TrainConfig())
-    return save_artifact(result.model, result.item_ids, result.metrics, DATASET, settings.home / "models")
+    return save_artifact(result.model, result.item_ids, result.metrics, DATASET, settings.home / "models",
+                         result.search_blend, result.live)
 
 
 def _start_bare(settings: Settings, kind: str, log_path: Path) -> subprocess.Popen[bytes]:

@@ -61,7 +61,8 @@ def _model(settings: Settings) -> Path:
     started = time.perf_counter()
     result = train(load_events(DATASET, settings.data_dir), cell="gru", config=TrainConfig(),
                    item_texts=item_texts(DATASET, settings.data_dir))
-    path = save_artifact(result.model, result.item_ids, result.metrics, DATASET, root, result.search_blend)
+    path = save_artifact(result.model, result.item_ids, result.metrics, DATASET, root, result.search_blend,
+                         result.live)
     _say("model", f"trained in {time.perf_counter() - started:.0f} s -> {path}")
     return path
 

@@ -12,6 +12,7 @@ import pytest
 
 from encoders.artifact import load_artifact
 from encoders.training.item_knn_mix import Mix, best_fit, not_worse
+from encoders.training.streaming_eval import OFFSETS, OLD_ITEM_TOLERANCE, WEIGHTS
 from encoders.training.train import TrainConfig
 from stream.errors import TrainingError
 
@@ -65,3 +66,13 @@ def test_streamrec_train_writes_a_model_that_does_not_lose_to_item_knn_on_valida
     assert holdout["targets"] > 0
     assert ranker["kept"] == (holdout["ranker_mrr@20"] > holdout["mix_mrr@20"])
     assert (art.model.ranker is not None) == ranker["kept"]  # what was decided is what was written
+    live = train["live"]  # the live votes' weight and new-item offset, chosen on the same slice in time order
+    assert art.live is not None
+    assert (art.live.weight, art.live.new_item_offset) == (live["chosen_weight"], live["chosen_offset"])
+    tried = live["validation"]
+    assert "off" in tried and len(tried) == 1 + len(WEIGHTS) + len(OFFSETS)
+    floor = tried["off"]["old_items"]["recall@20"] - OLD_ITEM_TOLERANCE
+    fair = {k: v for k, v in tried.items() if k != "off" and v["old_items"]["recall@20"] >= floor}
+    assert live["old_items_within_tolerance"] == bool(fair)
+    chosen = tried[f"{live['chosen_weight']}/{live['chosen_offset']}"]["overall"]["mrr@20"]
+    assert all(chosen >= v["overall"]["mrr@20"] for v in (fair or tried).values() if v is not tried["off"])
