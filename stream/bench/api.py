@@ -34,6 +34,7 @@ from stream.bench.pipeline import (
     collector_paused,
     cpu_seconds,
     find_model,
+    machine_busy_seconds,
     percentile_ms,
     phase_settings,
 )
@@ -108,8 +109,10 @@ async def _measure(events: list[Template], run: str, worker: subprocess.Popen[by
             await phase.drain(15.0)
             rows = []
             for n, rate in enumerate((0.0, *config.http_rates)):
+                served0 = await _served(session, settings.metrics_port)
                 with collector_paused():
                     first, cpu0, wall0 = len(phase.reader.outputs), cpu_seconds(worker.pid), time.perf_counter()
+                    busy0, own0 = machine_busy_seconds(), cpu_seconds(os.getpid())
                     sent = phase.sender.run(config.events_rate, config.duration_s)
                     if rate:
                         stats, http = await asyncio.gather(sent, _requests(session, base, users, rate,
@@ -117,14 +120,47 @@ async def _measure(events: list[Template], run: str, worker: subprocess.Popen[by
                     else:
                         stats, http = await sent, {"http_rate": 0.0}
                     await phase.drain(15.0)
-                cpu = (cpu_seconds(worker.pid) - cpu0) / (time.perf_counter() - wall0)
+                wall = time.perf_counter() - wall0
+                cores = [round((cpu_seconds(worker.pid) - cpu0) / wall, 2),
+                         round((cpu_seconds(os.getpid()) - own0) / wall, 2),
+                         round((machine_busy_seconds() - busy0) / wall, 2)]
+                served = _quantiles_ms(served0, await _served(session, settings.metrics_port))
                 outs = phase.reader.outputs[first:]
                 lat = np.array([o.received - o.ts for o in outs])
                 rows.append({**http, "events_rate": config.events_rate, "events_rate_achieved": round(stats.rate, 1),
                              "lists": len(outs), "event_lat_p50_ms": percentile_ms(lat, 50),
-                             "event_lat_p99_ms": percentile_ms(lat, 99), "worker_cores": round(cpu, 2),
-                             "routed_share": 0.5 if rate else None})
+                             "event_lat_p99_ms": percentile_ms(lat, 99), **served,
+                             "cores_worker_loadgen_machine": cores, "routed_share": 0.5 if rate else None})
     return rows
+
+
+async def _served(session: aiohttp.ClientSession, port: int) -> dict[float, float]:
+    """The first worker's histogram of the users route (cumulative counts by bucket bound), from its /metrics."""
+    out: dict[float, float] = {}
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith("streamrec_http_request_duration_seconds_bucket{") and \
+                    'route="/v1/users/{user_id}/recommendations"' in line:
+                bound = float(line.partition('le="')[2].partition('"')[0])  # over every status
+                out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _quantiles_ms(before: dict[float, float], after: dict[float, float]) -> dict[str, float | None]:
+    """p50 and p99 of the worker's own timing of the step's requests (arrival to answer, a routed one's hop
+    included), as the upper bound of the histogram bucket they fall in: what the worker adds, without the
+    load generator's share of a busy machine."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+
+    def at(q: float) -> float | None:
+        if not total:
+            return None
+        bound = next(b for b, c in zip(bounds, counts, strict=True) if c >= q * total)
+        return round(bound * 1000, 1) if bound != float("inf") else None
+
+    return {"worker_http_p50_ms_at_most": at(0.5), "worker_http_p99_ms_at_most": at(0.99)}
 
 
 async def _wait_owned(session: aiohttp.ClientSession, bases: list[str], partitions: int) -> set[int]:
