@@ -123,7 +123,6 @@ def install_http_api(app: faust.App, settings: Settings, recommender: Recommende
                 return _json({"error": "not_found", "parameter": "item_id", "detail": "unknown item"}, 404)
             return web.Response(body=found.to_json(), content_type="application/json")
 
-    del Health, Ready, OpenApi, UserList, Similar  # registered with the app; nothing else refers to them
 
 
 def _owned(app: faust.App, topic: str) -> set[int]:
