@@ -39,6 +39,11 @@ ENV PATH=/opt/streamrec/bin:$PATH \
 USER streamrec
 WORKDIR /home/streamrec
 VOLUME ["/var/lib/streamrec"]
-EXPOSE 9310
+# 9310: Prometheus metrics; 9320: the HTTP API (STREAMREC_HTTP_HOST=0.0.0.0 to serve it outside the container).
+EXPOSE 9310 9320
+# A worker is healthy once /readyz answers 200: model, index and catalog loaded, partitions assigned and
+# recovered. Only the worker serves it, so other commands (topics, train) report no health at all.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+  CMD python -c "import os, sys, urllib.request; sys.exit(0) if os.environ.get('STREAMREC_HTTP_PORT') == '0' else urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('STREAMREC_HTTP_PORT', '9320') + '/readyz', timeout=3)"
 ENTRYPOINT ["streamrec"]
 CMD ["--help"]

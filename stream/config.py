@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from stream.errors import ConfigError
 ENV_PREFIX = "STREAMREC_"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-_:]{1,253}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/=]+$")  # RFC 6750 b64token: sent as is in the Authorization header
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,14 @@ class Settings:
     store: str = "memory://"  # Faust table store: memory:// or rocksdb:// (needs rocksdict)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9310  # 0 disables the Prometheus endpoint
+    # The HTTP API (stream/kafka/http_api.py) on Faust's web server: 127.0.0.1 unless told otherwise; port 0 = off.
+    # Workers route a user's request to the worker that owns the user's partition at http://<advertised host>:<port>,
+    # so in a cluster bind 0.0.0.0 and advertise a name the other workers resolve (empty: the bind host, or this
+    # machine's host name when binding every interface).
+    http_host: str = "127.0.0.1"
+    http_port: int = 9320
+    http_advertised_host: str = ""
+    http_token: str = ""  # when set, every /v1 request needs "Authorization: Bearer <token>"; never logged
     log_level: str = "info"
     torch_threads: int = 1  # torch threads in a worker (model loading; the serving step runs in numpy)
 
@@ -134,6 +145,15 @@ class Settings:
         return self.jars_dir if self.jars_dir is not None else self.home / "kafka-jars"
 
     @property
+    def http_url_host(self) -> str:
+        """The host other workers reach this worker's HTTP API at (Faust's canonical URL)."""
+        if self.http_advertised_host:
+            return self.http_advertised_host
+        if self.http_host in ("0.0.0.0", "::"):
+            return socket.gethostname()
+        return self.http_host
+
+    @property
     def broker_url(self) -> str:
         """The bootstrap servers in Faust's URL form."""
         return ";".join(f"kafka://{s.strip()}" for s in self.bootstrap_servers.split(","))
@@ -161,6 +181,15 @@ class Settings:
         _require("hnsw_ef", self.hnsw_ef, self.top_k, 100_000)
         _require("metrics_port", self.metrics_port, 0, 65535)
         _require("torch_threads", self.torch_threads, 1, 256)
+        _require("http_port", self.http_port, 0, 65535)
+        if self.http_port and self.http_port == self.metrics_port:
+            raise ConfigError("http_port", f"port {self.http_port} is the metrics_port too")
+        for name in ("http_host", "http_advertised_host"):
+            value = getattr(self, name)
+            if (value or name == "http_host") and not _HOST.match(value):
+                raise ConfigError(name, f"expected a host name or IP address, got {value!r}")
+        if self.http_token and (len(self.http_token) < 16 or not _TOKEN.match(self.http_token)):
+            raise ConfigError("http_token", "must be at least 16 characters of letters, digits and -._~+/=")
         _require("fetch_max_wait_ms", self.fetch_max_wait_ms, 1, 30_000)
         _require("max_event_bytes", self.max_event_bytes, 64, 64 * 1024 * 1024)
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):

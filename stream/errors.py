@@ -3,6 +3,7 @@
     StreamrecError                 base of everything streamrec raises on purpose
     ├── ConfigError                a setting is invalid; names the setting and why
     ├── InvalidEvent               an input record failed decoding or validation; carries a short reason code
+    ├── InvalidRequest             an HTTP API request has a bad parameter; names the parameter (answered 400)
     ├── ArtifactError              a model artifact is missing, incomplete or corrupt
     ├── StateError                 a stored user state is foreign or corrupt
     ├── TrainingError              the training data cannot train or fit what was asked
@@ -10,7 +11,8 @@
     ├── ProcessError               a child process (worker, baseline, profiler) exited or never answered
     └── BrokerError                the local Kafka could not be resolved, started or reached
 
-Invalid events never escape the worker: they are counted and sent to the dead-letter topic.
+Invalid events never escape the worker: they are counted and sent to the dead-letter topic. Invalid requests
+never escape the HTTP API: they are answered 400 with the parameter's name.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ class InvalidEvent(StreamrecError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class InvalidRequest(StreamrecError):
+    """An HTTP API request has a bad parameter; ``parameter`` names it, ``why`` says what is wrong."""
+
+    def __init__(self, parameter: str, why: str) -> None:
+        super().__init__(f"parameter {parameter!r}: {why}")
+        self.parameter = parameter
+        self.why = why
 
 
 class ArtifactError(StreamrecError):

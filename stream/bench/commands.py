@@ -39,6 +39,12 @@ def add_bench_parser(sub: Any) -> None:
     bp.add_argument("--no-baselines", action="store_true", help="skip the bare Faust and aiokafka ramps")
     bp.add_argument("--profile", type=Path, default=None,
                     help="py-spy the worker during the fixed-rate run; collapsed stacks to this file")
+    ba = bench_sub.add_parser("api", help="HTTP API latency while events flow, half the requests routed")
+    ba.add_argument("--events-rate", type=float, default=300.0, help="events/s fed throughout")
+    ba.add_argument("--http-rates", default="200,1000", help="comma-separated requests/s of the HTTP steps")
+    ba.add_argument("--duration", type=float, default=20.0, help="seconds per step")
+    ba.add_argument("--artifact", type=Path, default=None,
+                    help="model artifact (default: newest GRU in <home>/models, else train one)")
     bs = bench_sub.add_parser("state", help="bytes per user in the state store (memory and RocksDB)")
     bs.add_argument("--users", type=int, default=610, help="users replayed (movielens has 610; more rotate them)")
     bs.add_argument("--artifact", type=Path, default=None,
@@ -61,6 +67,8 @@ def run_bench_command(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if args.bench == "pipeline":
         return _bench_pipeline(settings, args)
+    if args.bench == "api":
+        return _bench_api(settings, args)
     if args.bench == "state":
         from stream.bench.pipeline import BenchConfig, find_model
         from stream.bench.state import bench_state
@@ -107,4 +115,19 @@ def _bench_pipeline(settings: Settings, args: argparse.Namespace) -> int:
     # Without a broker named on the command line or in the environment, the benchmark runs its own on free ports.
     own = args.bootstrap_servers is None and "STREAMREC_BOOTSTRAP_SERVERS" not in os.environ
     print(json.dumps(run_bench(settings, config, own_broker=own)), flush=True)
+    return 0
+
+
+def _bench_api(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from stream.bench.api import ApiBenchConfig, run_api_bench
+
+    config = ApiBenchConfig(events_rate=args.events_rate, duration_s=args.duration, artifact=args.artifact,
+                            http_rates=tuple(float(r) for r in args.http_rates.split(",")))
+    logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)
+    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
+    own = args.bootstrap_servers is None and "STREAMREC_BOOTSTRAP_SERVERS" not in os.environ
+    for row in run_api_bench(settings, config, own_broker=own):
+        print(json.dumps(row), flush=True)
     return 0

@@ -134,11 +134,11 @@ def collector_paused() -> Iterator[None]:
         gc.collect()
 
 
-def _ms(values: np.ndarray, q: float) -> float | None:
+def percentile_ms(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 2) if len(values) else None
 
 
-def _phase_settings(settings: Settings, tag: str) -> Settings:
+def phase_settings(settings: Settings, tag: str) -> Settings:
     """Settings with this phase's own app id (consumer group) and topics."""
     names = ("clicks", "searches", "purchases", "items", "recommendations", "dead-letters", "erasures")
     topics = {f"topic_{n.replace('-', '_')}": f"{tag}-{n}" for n in names}
@@ -240,9 +240,10 @@ class Phase:
         gen = np.array([o.generated - o.ts for o in outs if o.generated is not None])
         passed = drained and stats.rate >= MIN_SEND_SHARE * rate and backlog <= MAX_BACKLOG_S * rate
         return {"rate": rate, "send_rate_achieved": round(stats.rate, 1), "events_sent": stats.sent,
-                "outputs": len(outs), "backlog_at_end": backlog, "lat_p50_ms": _ms(lat, 50),
-                "lat_p95_ms": _ms(lat, 95), "lat_p99_ms": _ms(lat, 99), "lat_max_ms": _ms(lat, 100),
-                "worker_lat_p50_ms": _ms(gen, 50), "worker_lat_p99_ms": _ms(gen, 99),
+                "outputs": len(outs), "backlog_at_end": backlog, "lat_p50_ms": percentile_ms(lat, 50),
+                "lat_p95_ms": percentile_ms(lat, 95), "lat_p99_ms": percentile_ms(lat, 99),
+                "lat_max_ms": percentile_ms(lat, 100),
+                "worker_lat_p50_ms": percentile_ms(gen, 50), "worker_lat_p99_ms": percentile_ms(gen, 99),
                 # per event handled (a consumer that fell behind handled fewer than were sent)
                 "cpu_s_per_1k_events": round(cpu / len(outs) * 1000, 4) if outs else None,
                 "context_switches_per_event": round(switches / len(outs), 2) if outs else None,
@@ -311,11 +312,11 @@ def _start(settings: Settings, name: str, model: Path, run: str) -> tuple[Settin
     from stream.kafka.topics import ensure_topics
 
     tag = f"{run}-{name}"
-    phase_settings = _phase_settings(settings, tag)
-    asyncio.run(ensure_topics(phase_settings))
+    own = phase_settings(settings, tag)
+    asyncio.run(ensure_topics(own))
     log = settings.home / "logs" / f"bench-{tag}.log"
-    proc = start_worker(phase_settings, model, log) if name == "worker" else _start_bare(phase_settings, name, log)
-    return phase_settings, proc
+    proc = start_worker(own, model, log) if name == "worker" else _start_bare(own, name, log)
+    return own, proc
 
 
 def _cpu_at_common_rate(steps: dict[str, list[dict[str, Any]]], a: str, b: str) -> tuple[float, float, float] | None:
@@ -342,7 +343,7 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
     try:
         model = find_model(settings, config)
         # Workers export metrics on a port of their own: others run workers on this machine.
-        settings = settings.replace(metrics_port=free_port())
+        settings = settings.replace(metrics_port=free_port(), http_port=free_port())
         needed = int(config.rate * (config.duration_s + config.warmup_s) + sum(config.ramp) * config.step_s * 1.5)
         events = templates(load_events(DATASET, settings.data_dir), min(needed, 400_000), config.users,
                            config.search_share)

@@ -102,6 +102,12 @@ class Metrics:
             "streamrec_worker_gc_pause_seconds",
             "Pauses of Python's cyclic garbage collector (the event loop stops meanwhile), by generation.",
             ["generation"], buckets=GC_BUCKETS, registry=registry)
+        self.http_latency = Histogram(
+            "streamrec_http_request_duration_seconds",
+            "HTTP API requests from arrival to answer, by route template and status code (routed ones included).",
+            ["route", "status"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.http_in_flight = Gauge(
+            "streamrec_http_requests_in_flight", "HTTP API requests being answered now.", registry=registry)
         self.model = Info("streamrec_model", "The model this worker serves, per A/B variant.", ["variant"],
                           registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole

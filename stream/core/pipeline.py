@@ -9,12 +9,10 @@ search query off the event loop, from the event decoded once.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Container, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 import numpy as np
 
@@ -23,9 +21,11 @@ from encoders.models.search_blend import MIN_INTENT, NumpyBlend
 from encoders.serving import UserEncoder
 from stream.core.catalog import Catalog
 from stream.core.explain import explain
+from stream.core.hybrid import hybrid
 from stream.core.indexed_model import IndexedModel
 from stream.core.intent import RecentQueries, intent_key
 from stream.core.metrics import Metrics
+from stream.core.requests import ListRequest, SimilarRequest
 from stream.core.rerank import Filters, blend, diversify, rerank
 from stream.core.schemas import (
     Event,
@@ -33,6 +33,8 @@ from stream.core.schemas import (
     ItemRecord,
     Recommendation,
     RecommendedItem,
+    RequestedList,
+    SimilarItems,
     Source,
     dead_letter,
     decode_erasure,
@@ -174,38 +176,16 @@ class Recommender:
         # 4. Query vector.
         query = encoder.query_vector(state.vector)
         t4 = time.perf_counter()
-        # 5. Search, never returning what this user must not get; the model then gives every candidate its
-        #    final score: recent items and their co-occurring ones join (the inner-product search alone would
-        #    rank them lower or miss them), and a model with a re-ranker re-orders the best of them.
-        excluded = rules.filters.excluded_for(state)
-        pool = rules.top_k * DIVERSITY_POOL if rules.diversity > 0 else rules.top_k
-        #    A search's query (and the last search's, while it still counts) joins the user's taste.
+        # 5-7. Search, filter and re-rank, explain. A search's query (and the last search's, while it still
+        #    counts) joins the user's taste; a cold-start user's list is blended with trending items (not a
+        #    search's: a first search is answered from the query alone).
         search_blend = encoder.blend if served.text_index is not None else None
-        searched, weight, named = self._intent(event, text, state, search_blend, encoder) \
+        intent = self._intent(event, text, state, search_blend, encoder) \
             if search_blend is not None else (None, 1.0, event.query)
-        shaping = search_blend if searched is not None else None
-        depth = max(pool, encoder.search_depth, shaping.user_pool if shaping is not None else 0)
-        # A shaped list takes the user's best items whoever bought them, as offline (the filter below drops
-        # the excluded): with a long purchase history, excluding here would make the index over-fetch 4x.
-        candidates = served.index.search(query, depth, exclude=() if shaping is not None else excluded)
-        # (enough for the list after the filters drop excluded items and items gone from the index)
-        candidates = encoder.rescore(query, state.recent, candidates,
-                                     limit=depth + len(excluded) + rules.history_size)
-        if shaping is not None and searched is not None:
-            candidates = self._hybrid(served, shaping, query, searched, weight, candidates, state,
-                                      limit=pool + len(excluded) + rules.history_size)
-        t5 = time.perf_counter()
-        # 6. Filter and re-rank; a cold-start user's list is blended with trending items (not a search's:
-        #    a first search is answered from the query alone).
-        items = rerank(candidates, excluded, pool, served.index)
-        if rules.diversity > 0:
-            items = diversify(items, served.vectors_of([it.item_id for it in items]), rules.top_k, rules.diversity)
-        if state.events < rules.cold_start_events and event.type != "search":
-            items = blend(items, self.trending.top(rules.top_k + len(excluded)), rules.top_k,
-                          state.events / rules.cold_start_events, excluded, served.index)
-        t6 = time.perf_counter()
-        # 7. Explanations: the user's own recent events (or this search) most like each item.
-        items = explain(items, state.recent, named, served.unit_vectors_of, rules.explanations)
+        cold = state.events < rules.cold_start_events and event.type != "search"
+        items, t5, t6 = self._ranked(served, rules, state, query, intent, rules.top_k,
+                                     rules.filters.excluded_for(state),
+                                     state.events / rules.cold_start_events if cold else None)
         t7 = time.perf_counter()
         # 8. The list; the state (with the list it got) is stored once per event.
         rec = self._recommendation(event, items, served.version, arm.name, state.events)
@@ -222,6 +202,43 @@ class Recommender:
         m.child(m.lists, event.type, arm.name).inc()
         m.child(m.event_to_recommendation, event.type, arm.name).observe(max(rec.generated_at - event.ts, 0.0))
         return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
+
+    def current_list(self, request: ListRequest, states: Mapping[str, bytes]) -> RequestedList:
+        """A user's list now, for an HTTP request: steps 4-7 of the data path over the user's current state
+        (the carried intent and cold start as the next item event would see them) with the request's filters.
+        No event is applied and nothing is written; an unknown user gets the trending list."""
+        arm = self.arms[self.assignment.variant_of(request.user_id)]
+        served, rules = arm.served, arm.rules
+        encoder = served.encoder
+        raw = states.get(request.user_id)
+        cached = self._states.peek(request.user_id, raw)  # read only: never mutated, so it may stay cached
+        state = cached if cached is not None and cached.model_version == encoder.version \
+            else self._load_state(raw, encoder)
+        search_blend = encoder.blend if served.text_index is not None else None
+        intent = self._carried(state, self.clock(), search_blend) if search_blend is not None else None
+        if raw is None:
+            share: float | None = 0.0  # nothing known of the user: all trending
+        else:
+            share = state.events / rules.cold_start_events if state.events < rules.cold_start_events else None
+        members = self.catalog.in_category(request.category) if request.category is not None else None
+        items, _, _ = self._ranked(served, rules, state, encoder.query_vector(state.vector),
+                                   intent or (None, 1.0, None), request.k,
+                                   rules.filters.excluded_for(state) | request.exclude, share, members)
+        return RequestedList(request.user_id, tuple(items), served.version, arm.name, state.events, self.clock(),
+                             cold_start=share is not None)
+
+    def similar(self, request: SimilarRequest) -> SimilarItems | None:
+        """The items nearest to one item in the default variant's index (by inner product with its vector, the
+        item itself left out; the index holds only what the catalog filters admit). None: an unknown item."""
+        served = self.served
+        item = request.item_id
+        known = served.encoder.knows(item) or item in served.text_vectors
+        if not known or self.catalog.was_deleted(item):
+            return None
+        vector = served.vectors_of([item])[0]
+        found = served.index.search(vector, request.k, exclude={item})
+        return SimilarItems(item, tuple(RecommendedItem(other, score) for other, score in found), served.version,
+                            self.clock())
 
     def _intent(self, event: Event, text: np.ndarray | None, state: UserState, blend: NumpyBlend,
                 encoder: UserEncoder) -> tuple[np.ndarray | None, float, str | None]:
@@ -240,41 +257,69 @@ class Recommender:
             else:
                 state.forget_intent()
             return vector, 1.0, event.query
-        if not state.intent:
-            return None, 1.0, None
-        kept = self._queries.get(state.intent)
-        weight = blend.intent(state.intent_events, event.ts - state.intent_ts)
-        if kept is None or weight < MIN_INTENT:
+        carried = self._carried(state, event.ts, blend)
+        if carried is None:
             state.forget_intent()
             return None, 1.0, None
+        return carried
+
+    def _carried(self, state: UserState, ts: float, blend: NumpyBlend) -> tuple[np.ndarray, float, str] | None:
+        """The last search's query vector, weight and query at time ``ts``, while it still counts (the state is
+        not changed)."""
+        if not state.intent:
+            return None
+        kept = self._queries.get(state.intent)
+        weight = blend.intent(state.intent_events, ts - state.intent_ts)
+        if kept is None or weight < MIN_INTENT:
+            return None
         return kept[1], weight, kept[0]
 
-    @staticmethod
-    def _hybrid(served: IndexedModel, blend: NumpyBlend, query: np.ndarray, query_text: np.ndarray, intent: float,
-                personal: list[tuple[str, float]], state: UserState, limit: int) -> list[tuple[str, float]]:
-        """A search's candidates: the union of the query's best items by text (the text index) and the user's
-        best by the model, scored by the fitted blend (encoders/models/search_blend.py), as offline; the best
-        ``limit`` of them."""
-        assert served.text_index is not None
-        # No exclusions here: the list's filter drops them, and a long purchase history would make the text
-        # index over-fetch (as offline, the pool is the query's best items, whoever bought them).
-        by_text = served.text_index.search(query_text, blend.pool)
-        mine = dict(heapq.nlargest(blend.user_pool, personal, key=itemgetter(1)))
-        ids = list(dict.fromkeys([*(item for item, _ in by_text), *mine]))  # text first, each once
+    def _ranked(self, served: IndexedModel, rules: Rules, state: UserState, query: np.ndarray,
+                intent: tuple[np.ndarray | None, float, str | None], k: int, excluded: set[str],
+                personal_share: float | None, members: set[str] | None = None,
+                ) -> tuple[list[RecommendedItem], float, float]:
+        """Steps 5-7 for a user's state and query vector, shared by events and requests: the best k items and
+        their explanations, with the perf_counter times at the end of steps 5 and 6.
+
+        ``intent`` is (the query vector shaping the list, its weight, the search the list names);
+        ``personal_share`` the personal share of a cold-start list (None: no trending blend); ``members`` the
+        only items allowed (a request's category)."""
         encoder = served.encoder
-        rows = encoder.rows_of(ids)  # once: every lookup below is by row
-        text = served.text_vectors_of(ids, rows) @ query_text
-        # The model's score where the personal list lacks the item (the text pool's items, mostly).
-        scores = np.fromiter((mine.get(item, np.nan) for item in ids), dtype=np.float64, count=len(ids))
-        missing = np.flatnonzero(np.isnan(scores))
-        if missing.size:
-            scores[missing] = served.vectors_of([ids[n] for n in missing.tolist()], rows=rows[missing]) @ query
-        recent = encoder.rows_of([item for _, item in state.recent])
-        blended = blend.scores(rows, text.astype(np.float64), scores, recent, intent)
-        if blended.size > limit:  # the list's filter needs no more; tuples for the rest would cost more
-            best = np.argpartition(-blended, limit)[:limit]
-            return [(ids[n], float(blended[n])) for n in best.tolist()]
-        return list(zip(ids, blended.tolist(), strict=True))
+        searched, weight, named = intent
+        # 5. Search, never returning what this user must not get; the model then gives every candidate its
+        #    final score: recent items and their co-occurring ones join (the inner-product search alone would
+        #    rank them lower or miss them), and a model with a re-ranker re-orders the best of them.
+        pool = k * DIVERSITY_POOL if rules.diversity > 0 else k
+        shaping = encoder.blend if searched is not None else None
+        depth = max(pool, encoder.search_depth, shaping.user_pool if shaping is not None else 0)
+        # A shaped list takes the user's best items whoever bought them, as offline (the filter below drops
+        # the excluded): with a long purchase history, excluding here would make the index over-fetch 4x.
+        candidates = served.index.search(query, depth, exclude=() if shaping is not None else excluded)
+        # (enough for the list after the filters drop excluded items and items gone from the index)
+        candidates = encoder.rescore(query, state.recent, candidates,
+                                     limit=depth + len(excluded) + rules.history_size)
+        if shaping is not None and searched is not None:
+            candidates = hybrid(served, shaping, query, searched, weight, candidates, state,
+                                limit=pool + len(excluded) + rules.history_size)
+        searchable: Container[str] = served.index
+        if members is not None:
+            # A category's items may all lie beyond the search's depth: its indexed items join, scored by the
+            # inner product (the search's own score), and nothing outside it is listed.
+            searchable = _Within(members, served.index)
+            listed = {item for item, _ in candidates}
+            extra = [item for item in members if item not in listed and item in served.index]
+            if extra:
+                candidates = [*candidates, *zip(extra, (served.vectors_of(extra) @ query).tolist(), strict=True)]
+        t5 = time.perf_counter()
+        # 6. Filter and re-rank.
+        items = rerank(candidates, excluded, pool, searchable)
+        if rules.diversity > 0:
+            items = diversify(items, served.vectors_of([it.item_id for it in items]), k, rules.diversity)
+        if personal_share is not None:
+            items = blend(items, self.trending.top(k + len(excluded)), k, personal_share, excluded, searchable)
+        t6 = time.perf_counter()
+        # 7. Explanations: the user's own recent events (or the search) most like each item.
+        return explain(items, state.recent, named, served.unit_vectors_of, rules.explanations), t5, t6
 
     def apply_items(self, records: list[ItemRecord]) -> None:
         """Apply catalog changes and bring the served index in line (new, changed, unavailable, deleted)."""
@@ -364,6 +409,17 @@ class Recommender:
                 vector = encoder.step(vector, kind, item)
             state.vector, state.model_version = vector, encoder.version
         return state
+
+
+class _Within:
+    """The searchable items of a request's category: in the category and in the index."""
+
+    def __init__(self, members: set[str], index: Container[str]) -> None:
+        self.members = members
+        self.index = index
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.members and item in self.index
 
 
 def _check_key(key: bytes | None, user_id: str) -> None:

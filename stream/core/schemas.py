@@ -133,16 +133,9 @@ class Recommendation:
 
     def to_json(self) -> bytes:
         """The documented wire format (README: "Recommendation record")."""
-        return orjson.dumps({
-            "schema_version": SCHEMA_VERSION,
-            "user_id": self.user_id,
-            "items": [_item_json(it, n) for n, it in enumerate(self.items, 1)],
-            "model_version": self.model_version,
-            "variant": self.variant,
-            "state_seq": self.state_seq,
-            "event": {"type": self.event_type, "event_id": self.event_id, "ts": self.event_ts},
-            "generated_at": self.generated_at,
-        })
+        return orjson.dumps(_list_body(self.user_id, self.items, self.model_version, self.variant, self.state_seq,
+                                       {"type": self.event_type, "event_id": self.event_id, "ts": self.event_ts},
+                                       self.generated_at))
 
     @staticmethod
     def from_json(raw: bytes) -> Recommendation:
@@ -161,6 +154,49 @@ class Recommendation:
             variant=str(body.get("variant", "default")),
             state_seq=int(body.get("state_seq", 0)),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedList:
+    """A list computed for an HTTP request from the user's current state (no event applied): the topic's record
+    with ``"event": null``, ``"source": "request"`` and whether it is a cold-start (trending) list."""
+
+    user_id: str
+    items: tuple[RecommendedItem, ...]
+    model_version: str
+    variant: str
+    state_seq: int
+    generated_at: float
+    cold_start: bool  # an unknown user (all trending), or one with fewer than cold_start_events events
+
+    def to_json(self) -> bytes:
+        """The recommendation record (schemas/recommendation.schema.json) of a request."""
+        body = _list_body(self.user_id, self.items, self.model_version, self.variant, self.state_seq, None,
+                          self.generated_at)
+        return orjson.dumps(body | {"source": "request", "cold_start": self.cold_start})
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarItems:
+    """The items nearest to one item in the served index (``GET /v1/items/{item_id}/similar``)."""
+
+    item_id: str
+    items: tuple[RecommendedItem, ...]
+    model_version: str
+    generated_at: float
+
+    def to_json(self) -> bytes:
+        """schemas/similar-items.schema.json."""
+        return orjson.dumps({"schema_version": SCHEMA_VERSION, "item_id": self.item_id,
+                             "items": [_item_json(it, n) for n, it in enumerate(self.items, 1)],
+                             "model_version": self.model_version, "generated_at": self.generated_at})
+
+
+def _list_body(user_id: str, items: tuple[RecommendedItem, ...], model_version: str, variant: str, state_seq: int,
+               event: dict[str, Any] | None, generated_at: float) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "user_id": user_id,
+            "items": [_item_json(it, n) for n, it in enumerate(items, 1)], "model_version": model_version,
+            "variant": variant, "state_seq": state_seq, "event": event, "generated_at": generated_at}
 
 
 def _item_json(item: RecommendedItem, rank: int) -> dict[str, Any]:

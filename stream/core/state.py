@@ -312,6 +312,13 @@ class DecodedStates:
             return None
         return entry[1]
 
+    def peek(self, user_id: str, stored: bytes | None) -> UserState | None:
+        """Like :meth:`take`, but the entry stays: for a reader that never mutates the state (a request)."""
+        entry = self._entries.get(user_id)
+        if entry is None or stored is None or entry[0] is not stored:
+            return None
+        return entry[1]
+
     def put(self, user_id: str, stored: bytes, state: UserState) -> None:
         """Keep ``state`` as the decoded form of ``stored``; the least recently used user goes past capacity."""
         self._entries[user_id] = (stored, state)

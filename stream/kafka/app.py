@@ -23,6 +23,7 @@ from stream.errors import InvalidEvent
 from stream.kafka.agents import AgentFun, make_agent, make_erasure_agent
 from stream.kafka.faust_options import new_app
 from stream.kafka.follow import follow
+from stream.kafka.http_api import Readiness, install_http_api
 from stream.kafka.loading import build_recommender
 from stream.kafka.reload import ModelReloader
 from stream.kafka.state_table import StateTable
@@ -59,7 +60,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     for event_type in [*settings.input_topics, "erase"]:  # at 0 from the start, so the first error counts
         metrics.processing_errors.labels(event_type=event_type)
     recommender = build_recommender(settings, metrics)
-    app = new_app(settings)
+    app = new_app(settings, web=True)
     states = StateTable(_raw_table(app, settings, STATE_TABLE))  # its changelog records go out from the agents
     trending = _raw_table(app, settings, TRENDING_TABLE)
 
@@ -70,6 +71,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     dead_letters = raw_topic(settings.topic_dead_letters)
     reloader = ModelReloader(settings, recommender, metrics)
     ready = asyncio.Event()  # set once the catalog and the current model release have been read
+    readiness = Readiness()  # the same, plus partitions assigned and recovered: the HTTP API's /readyz
+    if settings.http_port:
+        install_http_api(app, settings, recommender, states, metrics, readiness)
 
     def gated(body: AgentFun) -> AgentFun:
         async def agent(stream: faust.StreamT[bytes]) -> None:
@@ -112,6 +116,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         await reloader.wait_idle()
         log.info("catalog read (%d items); serving model %s", len(recommender.catalog), recommender.served.version)
         ready.set()
+        readiness.loaded = True
         metrics.ready.set(1)
 
     @app.task  # type: ignore[untyped-decorator]
@@ -127,8 +132,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     async def rebalanced(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned_inputs()  # at once, not at the next lag report: readiness probes and tests wait on it
+        readiness.recovered = True  # Faust sends this once the table's partitions are recovered
+
+    async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        readiness.recovered = False  # until the next rebalance completes, no partition is answered for
 
     app.on_rebalance_complete.connect(rebalanced)
+    app.on_partitions_revoked.connect(revoked)
 
     @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:

@@ -34,16 +34,29 @@ def app_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def new_app(settings: Settings) -> faust.App:
-    """The ``faust.App`` of a streamrec process: the options above, its data folder under ``home``, and the
-    transport whose consumer waits at most ``fetch_max_wait_ms`` per fetch (stream/kafka/faust_fetch.py)."""
+def web_options(settings: Settings) -> dict[str, Any]:
+    """Faust's web server for the HTTP API (stream/kafka/http_api.py): bound to ``http_host:http_port``, reached
+    by other workers at ``http_url_host``, and without Faust's own pages (``/table`` would serve raw user
+    states to anyone)."""
+    if not settings.http_port:
+        return {"web_enabled": False}
+    return {"web_enabled": True, "web_bind": settings.http_host, "web_port": settings.http_port,
+            "web_host": settings.http_url_host, "web_router_enabled": False, "web_tables_enabled": False,
+            "web_graph_enabled": False, "web_stats_enabled": False, "web_metrics_enabled": False}
+
+
+def new_app(settings: Settings, web: bool = False) -> faust.App:
+    """The ``faust.App`` of a streamrec process: the options above (with ``web``, the HTTP API's server), its
+    data folder under ``home``, and the transport whose consumer waits at most ``fetch_max_wait_ms`` per fetch
+    (stream/kafka/faust_fetch.py)."""
     import faust
 
     from stream.kafka.faust_fetch import use_fetch_wait
 
     datadir = settings.home / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(settings.app_id, datadir=str(datadir), **app_options(settings))
+    options = app_options(settings) | (web_options(settings) if web else {})
+    app = faust.App(settings.app_id, datadir=str(datadir), **options)
     use_fetch_wait(app, settings.fetch_max_wait_ms)
     return app
 

@@ -1,7 +1,8 @@
 """``streamrec demo``: local Kafka, a trained model, a worker, a live replay, and what came out.
 
 It replays the held-out later period of movielens (events the model never trained on), prints a few
-users' events and lists, and the measured event-to-recommendation latency. Everything it started is
+users' events and lists, the measured event-to-recommendation latency, and then asks the HTTP API for one
+user's list and one item's similar items. Everything it started is
 stopped on the way out, Ctrl-C included.
 """
 
@@ -76,7 +77,8 @@ def _percentiles(values: list[float]) -> str:
 
 
 async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path, events: int, rate: float,
-                users: int, titles: dict[str, str]) -> None:
+                users: int, titles: dict[str, str]) -> tuple[str, str] | None:
+    """The replay and what came out; returns a user with a list and the list's first item (None: no list)."""
     from encoders.artifact import load_artifact
     from stream.kafka.consume import RecommendationReader, wait_until_serving
     from stream.tools.datasets import load_events
@@ -138,6 +140,27 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
     print("event-to-recommendation latency, measured in this run:")
     _say("received", f"event ts -> list consumed: {_percentiles(received_lat)}")
     _say("worker", f"event ts -> list generated: {_percentiles(server_lat)}")
+    return (busiest[0], lists[busiest[0]].items[0].item_id) if busiest and lists[busiest[0]].items else None
+
+
+def _ask_the_api(settings: Settings, user: str, item: str, titles: dict[str, str]) -> None:
+    """The HTTP API, as a web page would call it: the user's list now and an item's similar items, timed."""
+    from urllib.request import Request, urlopen
+
+    base = f"http://127.0.0.1:{settings.http_port}"
+    headers = {"Authorization": f"Bearer {settings.http_token}"} if settings.http_token else {}
+    print()
+    print(f"the HTTP API at {base}:")
+    for path, heading in ((f"/v1/users/{user}/recommendations?k=5", f"user {user}'s list now"),
+                          (f"/v1/items/{item}/similar?k=5", f"items similar to {titles.get(item, item)}")):
+        started = time.perf_counter()
+        with urlopen(Request(base + path, headers=headers), timeout=5) as response:
+            body = json.loads(response.read())
+        elapsed = (time.perf_counter() - started) * 1000
+        print(f"  GET {path}  ({response.status}, {elapsed:.1f} ms)")
+        print(f"  {heading}:")
+        for entry in body["items"]:
+            print(f"    {entry['rank']:>2}. {titles.get(entry['item_id'], entry['item_id']):<60} {entry['score']:7.3f}")
 
 
 def _print_list(heading: str, rec: Recommendation, titles: dict[str, str], note: str = "") -> None:
@@ -226,8 +249,12 @@ def run_demo(settings: Settings, events: int = 2000, rate: float = 200.0, users:
                         "them whole")
         worker = start_worker(settings, model, settings.home / "logs" / "worker.log")
         _say("worker", f"pid {worker.pid}, log {settings.home / 'logs' / 'worker.log'}, "
-                       f"metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics")
-        asyncio.run(_live(settings, worker, model, events, rate, users, item_titles(DATASET, settings.data_dir)))
+                       f"metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics, "
+                       f"API http://{settings.http_host}:{settings.http_port}")
+        titles = item_titles(DATASET, settings.data_dir)
+        found = asyncio.run(_live(settings, worker, model, events, rate, users, titles))
+        if found is not None and settings.http_port:
+            _ask_the_api(settings, *found, titles)
         return 0
     finally:
         if worker is not None:

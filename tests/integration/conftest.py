@@ -46,7 +46,7 @@ def settings(kafka: LocalKafka, tmp_path: Path, data_dir: Path, artifact_dir: Pa
     tag = f"t{next(_counter)}-{os.getpid()}"
     s = Settings(
         bootstrap_servers=kafka.bootstrap_servers, app_id=f"streamrec-{tag}", home=tmp_path / "home",
-        data_dir=data_dir, model_path=artifact_dir, partitions=2, metrics_port=free_port(),
+        data_dir=data_dir, model_path=artifact_dir, partitions=2, metrics_port=free_port(), http_port=free_port(),
         topic_clicks=f"{tag}-clicks", topic_searches=f"{tag}-searches", topic_purchases=f"{tag}-purchases",
         topic_items=f"{tag}-items", topic_recommendations=f"{tag}-recommendations",
         topic_dead_letters=f"{tag}-dead-letters", topic_erasures=f"{tag}-erasures", topic_models=f"{tag}-models",

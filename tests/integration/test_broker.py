@@ -83,7 +83,7 @@ def test_a_worker_started_before_kafka_waits_for_it_then_serves(tmp_path: Path, 
 
     port = free_port()
     settings = Settings(bootstrap_servers=f"127.0.0.1:{port}", app_id="early-worker", home=tmp_path / "home",
-                        data_dir=data_dir, partitions=1, metrics_port=free_port(),
+                        data_dir=data_dir, partitions=1, metrics_port=free_port(), http_port=free_port(),
                         session_timeout_s=6.0, rebalance_timeout_s=6.0)
     log = settings.home / "worker.log"
     proc = start_worker(settings, artifact_dir, log)

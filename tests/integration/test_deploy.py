@@ -81,6 +81,9 @@ def test_compose_file_is_valid() -> None:
         assert worker["command"] in (["worker"], "worker")
         assert str(worker["environment"]["STREAMREC_METRICS_PORT"]) == "9310"
         assert worker["environment"]["STREAMREC_METRICS_HOST"] == "0.0.0.0"
+        assert worker["environment"]["STREAMREC_HTTP_HOST"] == "0.0.0.0"
+        assert worker["environment"]["STREAMREC_HTTP_ADVERTISED_HOST"] == worker["hostname"] == name
+        assert "/readyz" in " ".join(worker["healthcheck"]["test"])
         assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         assert worker["depends_on"]["train"]["condition"] == "service_completed_successfully"
     assert any(str(v).endswith(":/data:ro") for v in services["train"]["volumes"])

@@ -40,8 +40,8 @@ def users_on_each_partition(partitions: int, per_partition: int) -> list[str]:
 def test_catalog_change_reaches_every_worker_within_a_second(settings: Settings) -> None:
     assert settings.model_path is not None
     items = load_artifact(settings.model_path).item_ids
-    one = settings.replace(home=settings.home / "w1", metrics_port=free_port())
-    two = settings.replace(home=settings.home / "w2", metrics_port=free_port())
+    one = settings.replace(home=settings.home / "w1", metrics_port=free_port(), http_port=free_port())
+    two = settings.replace(home=settings.home / "w2", metrics_port=free_port(), http_port=free_port())
     users = users_on_each_partition(settings.partitions, 3)
     history = [items[n] for n in (3, 9, 27, 81)]
     first = start_worker(one, settings.model_path, one.home / "worker.log")

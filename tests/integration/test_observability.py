@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from encoders.artifact import load_artifact
 from stream.config import Settings
 from stream.core.schemas import Event
 from stream.kafka.consume import wait_until_serving
@@ -111,6 +113,24 @@ async def send_odd_records(settings: Settings, rounds: int, every_s: float) -> N
         await producer.stop()
 
 
+async def ask_the_api(settings: Settings, users: list[str], item: str, rounds: int, every_s: float) -> int:
+    """During the replay: users' lists, an item's similar items and a bad request through the HTTP API, so the
+    API's panels have requests of several routes and statuses to show. Returns the requests answered 200."""
+    ok = 0
+    failed: list[tuple[str, int]] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=5) as client:
+        for n in range(rounds):
+            await asyncio.sleep(every_s)
+            for path in (f"/v1/users/{users[n % len(users)]}/recommendations", f"/v1/items/{item}/similar",
+                         f"/v1/users/{users[0]}/recommendations?k=0"):
+                status = (await client.get(path)).status_code
+                ok += status == 200
+                if status != 200 and "k=0" not in path:
+                    failed.append((path, status))
+    print(f"API requests not answered 200: {failed[:4]}")
+    return ok
+
+
 def query(url: str, expr: str) -> dict[str, Any]:
     """One instant query through Prometheus' HTTP API."""
     return http_json(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")  # type: ignore[no-any-return]
@@ -143,9 +163,14 @@ def test_every_dashboard_query_returns_data_from_a_live_worker(settings: Setting
         print(f"\nworker serving after {time.time() - started:.1f} s")
 
         async def traffic() -> None:
-            stats, _ = await asyncio.gather(replay(settings, chosen, REPLAY_RATE, REPLAY_EVENTS),
-                                            send_odd_records(settings, rounds=4, every_s=2.0))
-            print(f"replayed {stats.sent} events {stats.by_type} in {stats.seconds:.1f} s, plus 16 odd records")
+            users = sorted({e.user_id for e in chosen})
+            item = load_artifact(movielens_model).item_ids[0]  # an item the model has a vector for
+            stats, _, answered = await asyncio.gather(replay(settings, chosen, REPLAY_RATE, REPLAY_EVENTS),
+                                                      send_odd_records(settings, rounds=4, every_s=2.0),
+                                                      ask_the_api(settings, users, item, rounds=16, every_s=0.5))
+            print(f"replayed {stats.sent} events {stats.by_type} in {stats.seconds:.1f} s, plus 16 odd records; "
+                  f"{answered} of 32 good API requests answered 200")
+            assert answered == 32
 
         asyncio.run(traffic())
         targets = dashboard_targets()

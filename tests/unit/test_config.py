@@ -38,6 +38,12 @@ def test_environment_and_overrides() -> None:
     ({"STREAMREC_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "STREAMREC_SASL_MECHANISM": "GSSAPI",
       "STREAMREC_SASL_USERNAME": "u", "STREAMREC_SASL_PASSWORD": "p"}, "sasl_mechanism"),
     ({"STREAMREC_SSL_CAFILE": "/nonexistent/ca.pem"}, "ssl_cafile"),
+    ({"STREAMREC_HTTP_PORT": "70000"}, "http_port"),
+    ({"STREAMREC_HTTP_PORT": "9310"}, "http_port"),  # the metrics port
+    ({"STREAMREC_HTTP_HOST": "bad host"}, "http_host"),
+    ({"STREAMREC_HTTP_ADVERTISED_HOST": "a/b"}, "http_advertised_host"),
+    ({"STREAMREC_HTTP_TOKEN": "short"}, "http_token"),
+    ({"STREAMREC_HTTP_TOKEN": "a token with spaces in it"}, "http_token"),
     ({"STREAMREC_CATEGORY_ALLOW": "a,b", "STREAMREC_CATEGORY_DENY": "b"}, "category_deny"),
     ({"STREAMREC_EXCLUDE_VIEWED_LAST_N": "-1"}, "exclude_viewed_last_n"),
     ({"STREAMREC_MODEL_TYPE": "transformer"}, "model_type"),

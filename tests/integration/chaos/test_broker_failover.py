@@ -45,7 +45,8 @@ def test_a_broker_killed_mid_stream_loses_nothing(cluster: LocalKafka, tmp_path:
                                                    artifact_dir: Path) -> None:
     settings = Settings(bootstrap_servers=cluster.bootstrap_servers, app_id="failover", home=tmp_path / "home",
                         data_dir=data_dir, model_path=artifact_dir, partitions=2, replication_factor=3,
-                        metrics_port=free_port(), session_timeout_s=6.0, rebalance_timeout_s=6.0).validate()
+                        metrics_port=free_port(), http_port=free_port(), session_timeout_s=6.0,
+                        rebalance_timeout_s=6.0).validate()
     asyncio.run(ensure_topics(settings))
     proc = start_worker(settings, artifact_dir, settings.home / "worker.log")
     try:

@@ -25,8 +25,8 @@ KILL_AT_S, RESTART_AT_S = 6.0, 9.0
 def test_worker_killed_mid_stream_loses_nothing(settings: Settings) -> None:
     assert settings.model_path is not None
     model = settings.model_path
-    one = settings.replace(home=settings.home / "w1", metrics_port=free_port())
-    two = settings.replace(home=settings.home / "w2", metrics_port=free_port())
+    one = settings.replace(home=settings.home / "w1", metrics_port=free_port(), http_port=free_port())
+    two = settings.replace(home=settings.home / "w2", metrics_port=free_port(), http_port=free_port())
     events = load_events("diginetica", settings.data_dir)[:EVENTS]
     first = start_worker(one, model, one.home / "worker.log")
     second = None
