@@ -31,6 +31,7 @@ from stream.bench.pipeline import (
     DATASET,
     BenchConfig,
     Phase,
+    bench_broker,
     collector_paused,
     cpu_seconds,
     find_model,
@@ -183,19 +184,12 @@ async def _wait_owned(session: aiohttp.ClientSession, bases: list[str], partitio
 def run_api_bench(settings: Settings, config: ApiBenchConfig, own_broker: bool) -> list[dict[str, Any]]:
     """The whole benchmark: one row per step (events only, then each HTTP rate)."""
     from stream.kafka.topics import ensure_topics
-    from stream.local.broker import LocalKafka, free_port
-    from stream.local.broker_config import BrokerNode
-    from stream.local.kafka_jars import KafkaJars
+    from stream.local.broker import free_port
     from stream.tools.datasets import load_events
 
-    kafka = None
-    if own_broker:
-        kafka = LocalKafka(settings.home / "bench-kafka", KafkaJars(settings.kafka_jars_dir),
-                           [BrokerNode(1, free_port(), free_port())])
-        kafka.start(timeout=120)
-        settings = settings.replace(bootstrap_servers=kafka.bootstrap_servers)
     procs: list[subprocess.Popen[bytes]] = []
-    try:
+    with bench_broker(settings, own_broker) as settings, contextlib.ExitStack() as workers_up:
+        workers_up.callback(_stop_all, procs)  # the workers stop before the broker does
         model = find_model(settings, BenchConfig(artifact=config.artifact))
         run = f"benchapi{int(time.time())}"
         shared = phase_settings(settings, run)
@@ -207,11 +201,12 @@ def run_api_bench(settings: Settings, config: ApiBenchConfig, own_broker: bool) 
         needed = int(config.events_rate * (config.warmup_s + config.duration_s * (1 + len(config.http_rates)) + 60))
         events = templates(load_events(DATASET, settings.data_dir), needed, config.users, search_share=0.1)
         rows = asyncio.run(_measure(events, run, procs[0], workers[0], config, workers[1:]))
-    finally:
-        for proc in procs:
-            stop_worker(proc)
-        if kafka is not None:
-            kafka.stop()
     load = [round(x, 2) for x in os.getloadavg()]
     return [{"bench": "api", "model": model.name, "duration_s": config.duration_s, **row, "loadavg": load}
             for row in rows]
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the workers the benchmark started."""
+    for proc in procs:
+        stop_worker(proc)

@@ -326,21 +326,33 @@ def _cpu_at_common_rate(steps: dict[str, list[dict[str, Any]]], a: str, b: str) 
     return (common[-1], passed[a][common[-1]], passed[b][common[-1]]) if common else None
 
 
-def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict[str, Any]:
-    """The whole benchmark; returns the one JSON object ``bench pipeline`` prints."""
+@contextlib.contextmanager
+def bench_broker(settings: Settings, own: bool) -> Iterator[Settings]:
+    """The settings a benchmark runs with: on its own single-node Kafka (started here, stopped after it), or
+    on the configured cluster."""
+    if not own:
+        yield settings
+        return
     from stream.local.broker import LocalKafka, free_port
     from stream.local.broker_config import BrokerNode
     from stream.local.kafka_jars import KafkaJars
+
+    kafka = LocalKafka(settings.home / "bench-kafka", KafkaJars(settings.kafka_jars_dir),
+                       [BrokerNode(1, free_port(), free_port())])
+    kafka.start(timeout=120)
+    try:
+        yield settings.replace(bootstrap_servers=kafka.bootstrap_servers)
+    finally:
+        kafka.stop()
+
+
+def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict[str, Any]:
+    """The whole benchmark; returns the one JSON object ``bench pipeline`` prints."""
+    from stream.local.broker import free_port
     from stream.tools.datasets import load_events
 
     load_before = os.getloadavg()
-    kafka = None
-    if own_broker:
-        kafka = LocalKafka(settings.home / "bench-kafka", KafkaJars(settings.kafka_jars_dir),
-                           [BrokerNode(1, free_port(), free_port())])
-        kafka.start(timeout=120)
-        settings = settings.replace(bootstrap_servers=kafka.bootstrap_servers)
-    try:
+    with bench_broker(settings, own_broker) as settings:
         model = find_model(settings, config)
         # Workers export metrics on a port of their own: others run workers on this machine.
         settings = settings.replace(metrics_port=free_port(), http_port=free_port())
@@ -357,9 +369,6 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
         finally:
             for _, proc in systems.values():
                 stop_worker(proc)
-    finally:
-        if kafka is not None:
-            kafka.stop()
     fixed, best, steps = result["fixed"], result["best"], result["steps"]
     faust_max = best.get("faust")
     cpu = _cpu_at_common_rate(steps, "worker", "faust")
