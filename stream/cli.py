@@ -192,8 +192,6 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     given = {"epochs": args.epochs, "lr": args.lr, "mix_fraction": args.mix_fraction}
     config = dataclasses.replace(TrainConfig(seed=args.seed, searches=args.searches, head_fraction=args.head_fraction,
                                              ranker=args.ranker), **{k: v for k, v in given.items() if v is not None})
-    if config.mix_fraction <= 0 and config.ranker:  # no validation slice: nothing to fit the re-ranker on
-        config = dataclasses.replace(config, ranker=False)
     events = load_events(args.dataset, settings.data_dir)
     try:
         texts = item_texts(args.dataset, settings.data_dir) if args.item_text else {}

@@ -130,7 +130,6 @@ class LiveNeighbours:
     def __init__(self, config: LiveConfig) -> None:
         self.config = config
         self.rows: dict[int, Successors] = {}
-        self.updates = 0
 
     def observe(self, recent: Sequence[int], item: int, event_type: int, ts: float) -> list[int]:
         """Apply the transitions of one item event; returns the source items whose rows changed."""
@@ -138,7 +137,6 @@ class LiveNeighbours:
         for source, weight in transitions(recent, item, event_type, self.config):
             self.rows.setdefault(source, Successors()).add(item, weight, ts, self.config)
             changed.append(source)
-        self.updates += len(changed)
         return changed
 
     def votes(self, recent: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -88,7 +88,7 @@ class TrainConfig:
     mix_fraction: float = 0.1
     mix_neighbours: int = 100  # co-occurring items kept per item for the mix (itself included); 93% of rows fit
     max_val_events: int = 10_000  # validation events scored after each epoch when mixing
-    ranker: bool = True  # the re-ranker (ranker.py): fitted on the validation slice, kept where it pays there
+    ranker: bool = True  # the re-ranker (ranker.py): fitted on the validation slice (if any), kept where it pays
     learning: bool = True  # fit the live co-occurrence votes' weight on the validation slice (live_neighbours.py)
     max_live_events: int = 5_000  # validation targets each live setting is scored on (9 walks of the slice)
 
@@ -149,9 +149,6 @@ def train(events: Sequence[DatasetEvent], cell: str = "gru", config: TrainConfig
     mix_record: dict[str, Any] = {}
     if config.mix_fraction > 0 and config.head_fraction > 0:
         raise ConfigError("mix_fraction", "mix_fraction and head_fraction are alternatives: set one of them")
-    if config.ranker and config.mix_fraction <= 0:
-        raise ConfigError("ranker", "the ranker is fitted on the mix's validation slice: set mix_fraction too "
-                                    "or turn the ranker off")
     if config.mix_fraction > 0:
         since = temporal_cutoff([e for e in events if e.ts < cutoff], config.mix_fraction)
         mix, mix_record, fitted, live = _choose_mix(model, cell, sequences, since, cutoff, len(vocabulary), window,

@@ -26,12 +26,12 @@ import aiohttp
 import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
 
+from stream.bench.broker import bench_broker
 from stream.bench.loadgen import Template, templates
 from stream.bench.pipeline import (
     DATASET,
     BenchConfig,
     Phase,
-    bench_broker,
     collector_paused,
     cpu_seconds,
     find_model,

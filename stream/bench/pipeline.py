@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from stream.bench.broker import bench_broker
 from stream.bench.loadgen import OutputReader, PacedSender, Template, templates
 from stream.bench.profiling import start_py_spy, top_frames
 from stream.config import Settings
@@ -324,26 +325,6 @@ def _cpu_at_common_rate(steps: dict[str, list[dict[str, Any]]], a: str, b: str) 
     passed = {name: {s["rate"]: s["cpu_s_per_1k_events"] for s in rows if s["passed"]} for name, rows in steps.items()}
     common = sorted(set(passed.get(a, {})) & set(passed.get(b, {})))
     return (common[-1], passed[a][common[-1]], passed[b][common[-1]]) if common else None
-
-
-@contextlib.contextmanager
-def bench_broker(settings: Settings, own: bool) -> Iterator[Settings]:
-    """The settings a benchmark runs with: on its own single-node Kafka (started here, stopped after it), or
-    on the configured cluster."""
-    if not own:
-        yield settings
-        return
-    from stream.local.broker import LocalKafka, free_port
-    from stream.local.broker_config import BrokerNode
-    from stream.local.kafka_jars import KafkaJars
-
-    kafka = LocalKafka(settings.home / "bench-kafka", KafkaJars(settings.kafka_jars_dir),
-                       [BrokerNode(1, free_port(), free_port())])
-    kafka.start(timeout=120)
-    try:
-        yield settings.replace(bootstrap_servers=kafka.bootstrap_servers)
-    finally:
-        kafka.stop()
 
 
 def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict[str, Any]:

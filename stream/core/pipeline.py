@@ -16,17 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from encoders.models.inputs import has_words
-from encoders.models.search_blend import MIN_INTENT, NumpyBlend
 from encoders.serving import UserEncoder
 from stream.core.catalog import Catalog
 from stream.core.explain import explain
 from stream.core.hybrid import hybrid
 from stream.core.indexed_model import IndexedModel
-from stream.core.intent import RecentQueries, intent_key
+from stream.core.intent import Intent, RecentQueries, carried_intent, search_intent
 from stream.core.metrics import Metrics
 from stream.core.requests import ListRequest, SimilarRequest
-from stream.core.rerank import Filters, blend, diversify, rerank
+from stream.core.rerank import Filters, Within, blend, diversify, rerank
 from stream.core.schemas import (
     Event,
     EventType,
@@ -180,7 +178,7 @@ class Recommender:
         #    counts) joins the user's taste; a cold-start user's list is blended with trending items (not a
         #    search's: a first search is answered from the query alone).
         search_blend = encoder.blend if served.text_index is not None else None
-        intent = self._intent(event, text, state, search_blend, encoder) \
+        intent = search_intent(event, text, state, search_blend, encoder, self._queries) \
             if search_blend is not None else (None, 1.0, event.query)
         cold = state.events < rules.cold_start_events and event.type != "search"
         items, t5, t6 = self._ranked(served, rules, state, query, intent, rules.top_k,
@@ -215,7 +213,8 @@ class Recommender:
         state = cached if cached is not None and cached.model_version == encoder.version \
             else self._load_state(raw, encoder)
         search_blend = encoder.blend if served.text_index is not None else None
-        intent = self._carried(state, self.clock(), search_blend) if search_blend is not None else None
+        intent = carried_intent(state, self.clock(), search_blend, self._queries) \
+            if search_blend is not None else None
         if raw is None:
             share: float | None = 0.0  # nothing known of the user: all trending
         else:
@@ -240,42 +239,8 @@ class Recommender:
         return SimilarItems(item, tuple(RecommendedItem(other, score) for other, score in found), served.version,
                             self.clock())
 
-    def _intent(self, event: Event, text: np.ndarray | None, state: UserState, blend: NumpyBlend,
-                encoder: UserEncoder) -> tuple[np.ndarray | None, float, str | None]:
-        """(the query vector that shapes this list, its weight, the search the list names): this search's, or
-        the last search's while it still counts (stream/core/intent.py); a query of symbols only names the
-        search but matches no text."""
-        if event.query is not None:
-            vector = encoder.query_text(text) if text is not None and has_words(event.query) else None
-            if vector is None:
-                state.forget_intent()
-                return None, 1.0, event.query
-            if blend.carry_events > 0:  # remembered only by a blend that lets the query shape the next lists
-                key = intent_key(event.query)
-                self._queries.put(key, event.query, vector)
-                state.searched(key, event.ts)
-            else:
-                state.forget_intent()
-            return vector, 1.0, event.query
-        carried = self._carried(state, event.ts, blend)
-        if carried is None:
-            state.forget_intent()
-            return None, 1.0, None
-        return carried
-
-    def _carried(self, state: UserState, ts: float, blend: NumpyBlend) -> tuple[np.ndarray, float, str] | None:
-        """The last search's query vector, weight and query at time ``ts``, while it still counts (the state is
-        not changed)."""
-        if not state.intent:
-            return None
-        kept = self._queries.get(state.intent)
-        weight = blend.intent(state.intent_events, ts - state.intent_ts)
-        if kept is None or weight < MIN_INTENT:
-            return None
-        return kept[1], weight, kept[0]
-
     def _ranked(self, served: IndexedModel, rules: Rules, state: UserState, query: np.ndarray,
-                intent: tuple[np.ndarray | None, float, str | None], k: int, excluded: set[str],
+                intent: Intent, k: int, excluded: set[str],
                 personal_share: float | None, members: set[str] | None = None,
                 ) -> tuple[list[RecommendedItem], float, float]:
         """Steps 5-7 for a user's state and query vector, shared by events and requests: the best k items and
@@ -305,7 +270,7 @@ class Recommender:
         if members is not None:
             # A category's items may all lie beyond the search's depth: its indexed items join, scored by the
             # inner product (the search's own score), and nothing outside it is listed.
-            searchable = _Within(members, served.index)
+            searchable = Within(members, served.index)
             listed = {item for item, _ in candidates}
             extra = [item for item in members if item not in listed and item in served.index]
             if extra:
@@ -409,17 +374,6 @@ class Recommender:
                 vector = encoder.step(vector, kind, item)
             state.vector, state.model_version = vector, encoder.version
         return state
-
-
-class _Within:
-    """The searchable items of a request's category: in the category and in the index."""
-
-    def __init__(self, members: set[str], index: Container[str]) -> None:
-        self.members = members
-        self.index = index
-
-    def __contains__(self, item: object) -> bool:
-        return item in self.members and item in self.index
 
 
 def _check_key(key: bytes | None, user_id: str) -> None:

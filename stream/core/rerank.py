@@ -105,3 +105,14 @@ def diversify(items: list[RecommendedItem], vectors: np.ndarray, k: int, strengt
         available[best] = False
         closest = np.maximum(closest, similarity[best])
     return [items[n] for n in picked]
+
+
+class Within:
+    """The searchable items of a request's category: in the category and in the index."""
+
+    def __init__(self, members: set[str], index: Container[str]) -> None:
+        self.members = members
+        self.index = index
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.members and item in self.index
