@@ -13,7 +13,8 @@ from encoders.artifact import ModelArtifact
 from encoders.models.gru import NumpyRecurrentStep
 from encoders.models.inputs import TYPE_IDS, query_tokens
 from encoders.models.item_tower import item_text_vectors
-from encoders.models.ranker import NumpyRanker, session_scores
+from encoders.models.live_neighbours import LiveRows
+from encoders.models.ranker import Extra, NumpyRanker, session_scores
 from encoders.models.search_blend import NumpyBlend
 from encoders.models.session_head import NumpyRepeatHead
 from encoders.models.transformer import NumpySasrecStep, SasrecModel
@@ -34,7 +35,12 @@ class UserEncoder:
         self.version = artifact.version
         self.model_type = model.config.cell  # "gru", "lstm" or "sasrec"
         self.item_ids = artifact.item_ids
+        self.live_config = artifact.live  # how the live neighbours' votes join the session head's (None: they do not)
         self._rows = {item: n for n, item in enumerate(artifact.item_ids, 1)}
+        # Scoring rows: the model's own, then the items first seen in the stream (LiveRows), which the session head
+        # and the re-ranker score like any other; the model's step knows only its own (``_rows``).
+        self._scoring_rows = self._rows
+        self._live: LiveRows | None = None
         self._ids_by_row = np.array(["", *artifact.item_ids], dtype=object)  # row -> id, for vectorised lookups
         config = artifact.model.config
         self.dim = config.dim
@@ -56,6 +62,56 @@ class UserEncoder:
     def knows(self, item_id: str) -> bool:
         """Whether the model has an embedding for this item."""
         return item_id in self._rows
+
+    def scoring_row(self, item_id: str) -> int:
+        """The row the session head scores an item at: the model's own, or a live row given on first sight to an
+        item the model has not trained on (0: the model has no session head to score one with)."""
+        row = self._scoring_rows.get(item_id)
+        if row is not None:
+            return row
+        if self._repeat is None:
+            return 0
+        if self._live is None:
+            self._live = LiveRows(self._repeat, self._ranker, self._step.item_emb)
+            self._scoring_rows = dict(self._rows)
+        row = self._scoring_rows[item_id] = self._live.row(item_id)
+        if row >= self._ids_by_row.size:
+            grown = np.full(self._live.first + self._live.capacity, "", dtype=object)
+            grown[:self._ids_by_row.size] = self._ids_by_row
+            self._ids_by_row = grown
+        self._ids_by_row[row] = item_id
+        return row
+
+    @property
+    def session_head(self) -> NumpyRepeatHead | None:
+        """The session head (repeat and neighbour bonus), None for a model without one."""
+        return self._repeat
+
+    def ids_of_rows(self, rows: np.ndarray) -> list[str]:
+        """The item ids of scoring rows."""
+        out: list[str] = self._ids_by_row[rows].tolist()
+        return out
+
+    def is_live(self, row: int) -> bool:
+        """Whether a scoring row is an item first seen in the stream."""
+        return row > len(self.item_ids)
+
+    def live_vector(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+        """The weighted mean of these scoring rows' vectors (rows without a vector are skipped): the vector of an
+        item first seen in the stream, from its live successors; None when none of them has one."""
+        table = self._live.vectors if self._live is not None else self._step.item_emb
+        vectors = table[rows]
+        has = vectors.any(axis=1)
+        if not has.any():
+            return None
+        w = weights[has]
+        out: np.ndarray = (vectors[has] * (w / w.sum())[:, None]).sum(axis=0).astype(np.float32)
+        return out
+
+    def set_live_vector(self, row: int, vector: np.ndarray) -> None:
+        """Score a live row with this vector from now on."""
+        assert self._live is not None and self.is_live(row)
+        self._live.set_vector(row, vector)
 
     def rows_of(self, item_ids: list[str]) -> np.ndarray:
         """The model rows of these items (0: an item the model does not know)."""
@@ -129,7 +185,7 @@ class UserEncoder:
         return self._ranker.candidates if self._ranker is not None else 0
 
     def rescore(self, query: np.ndarray, recent: list[tuple[str, str]], candidates: list[tuple[str, float]],
-                limit: int | None = None) -> list[tuple[str, float]]:
+                limit: int | None = None, extra: Extra | None = None) -> list[tuple[str, float]]:
         """The index's candidates (item, inner product) with the user's recent items and their neighbours
         added and every score replaced by the model's final one (inner product, session head bonus, re-ranker),
         exactly as the offline evaluation scores them (encoders/models/ranker.py ``session_scores``). Unchanged for a
@@ -137,17 +193,24 @@ class UserEncoder:
         keep their inner product, below the re-ordered candidates when there is a re-ranker. Without a
         re-ranker only the items with a bonus are rescored (the index's inner product stands for the rest: 20-30
         us less per event). With a re-ranker and ``limit`` only that many of the best items come back (the
-        caller needs no more)."""
+        caller needs no more). ``extra`` (scoring rows, bonus): the live neighbours' votes, added to the
+        session head's neighbour part."""
         if self._repeat is None:
             return candidates
-        get, type_id = self._rows.get, TYPE_IDS.__getitem__
+        live = self._live
+        head, ranker = (live.head, live.ranker) if live is not None else (self._repeat, self._ranker)
+        item_emb = live.vectors if live is not None else self._step.item_emb
+        get, type_id = self._scoring_rows.get, TYPE_IDS.__getitem__
         recent_rows = [get(item, 0) for _, item in recent]
         recent_types = [type_id(kind) for kind, _ in recent]
-        if self._ranker is None:  # inner product + bonus: the index's score stands for items without a bonus
-            rows_u, bonus = self._repeat.bonus(query, recent_rows, recent_types)
-            scores_u = self._step.item_emb[rows_u] @ query + bonus
-            extra = dict(zip(self._ids_by_row[rows_u].tolist(), scores_u.tolist(), strict=True))
-            return [(item, extra.pop(item, score)) for item, score in candidates] + list(extra.items())
+        if ranker is None:  # inner product + bonus: the index's score stands for items without a bonus
+            rows_u, bonus = head.bonus(query, recent_rows, recent_types)
+            if extra is not None and extra[0].size:
+                rows_u, inverse = np.unique(np.concatenate([rows_u, extra[0]]), return_inverse=True)
+                bonus = np.bincount(inverse, weights=np.concatenate([bonus, extra[1]]), minlength=rows_u.size)
+            scores_u = item_emb[rows_u] @ query + bonus
+            bonused = dict(zip(self._ids_by_row[rows_u].tolist(), scores_u.tolist(), strict=True))
+            return [(item, bonused.pop(item, score)) for item, score in candidates] + list(bonused.items())
         known: list[int] = []
         unknown: list[tuple[str, float]] = []
         for item, score in candidates:
@@ -156,8 +219,8 @@ class UserEncoder:
                 known.append(row)
             else:
                 unknown.append((item, score))
-        rows, scores = session_scores(self._repeat, self._ranker, query, self._step.item_emb, recent_rows,
-                                      recent_types, np.array(known, dtype=np.int64))
+        rows, scores = session_scores(head, ranker, query, item_emb, recent_rows, recent_types,
+                                      np.array(known, dtype=np.int64), extra)
         if limit is not None and rows.size > limit:  # turning ~1,000 rows into tuples costs more than the math
             best = np.argpartition(-scores, limit)[:limit]
             rows, scores = rows[best], scores[best]

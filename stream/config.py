@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from encoders.models.live_neighbours import LiveConfig
 from stream.core.schemas import EventType
 from stream.core.variants import VariantSpec, parse_variants
 from stream.errors import ConfigError
@@ -47,6 +48,10 @@ class Settings:
     topic_dead_letters: str = "dead-letters"
     topic_erasures: str = "erasures"  # forget-user requests (GDPR), keyed by user like the input events
     topic_models: str = "models"  # model releases (`streamrec publish`), compacted, read whole by every worker
+    # Learning from the stream (stream/core/cooccurrence.py): item events' transitions keyed by source item, and
+    # each item's live neighbour list (compacted, read whole by every worker).
+    topic_co_views: str = "co-views"
+    topic_item_neighbours: str = "item-neighbours"
     # The input topics (events and erasures), recommendations and the state changelog share one partition count:
     # Faust co-partitions the user-state table with its source topics by user key.
     partitions: int = 4
@@ -94,6 +99,18 @@ class Settings:
     cold_start_events: int = 5
     trending_half_life_s: float = 6 * 3600.0  # decay of the trending counts, in event time
 
+    # Learning from the stream: "on" emits co-views, keeps the live co-occurrence table and votes with the live
+    # neighbour lists; "off" serves the trained model alone. Each item keeps its heaviest
+    # ``cooccurrence_neighbours`` successors (space-saving), decayed with ``cooccurrence_half_life_s`` of event
+    # time; an item event sends one transition from each of the user's last ``cooccurrence_history`` distinct
+    # items. The defaults are those the training recipe fits the live votes' weight with. A changed list is
+    # republished at most once per ``neighbours_publish_interval_s`` per item.
+    learning: str = "on"
+    cooccurrence_neighbours: int = 50
+    cooccurrence_half_life_s: float = 2 * 86400.0
+    cooccurrence_history: int = 3
+    neighbours_publish_interval_s: float = 1.0
+
     # HNSW parameters (hnswlib): M = graph degree (memory vs recall), ef_construction = build-time beam,
     # ef = query-time beam (must be >= the number of candidates asked for). See index/hnsw.py.
     hnsw_m: int = 16
@@ -129,6 +146,14 @@ class Settings:
     def input_topics(self) -> dict[EventType, str]:
         """Map event type -> topic name."""
         return {"click": self.topic_clicks, "search": self.topic_searches, "purchase": self.topic_purchases}
+
+    @property
+    def live_config(self) -> LiveConfig | None:
+        """The live table's shape (None: learning off)."""
+        if self.learning != "on":
+            return None
+        return LiveConfig(history=self.cooccurrence_history, neighbours=self.cooccurrence_neighbours,
+                          half_life_s=self.cooccurrence_half_life_s)
 
     def variant_specs(self) -> tuple[VariantSpec, ...]:
         """The declared A/B variants, checked (one "default" variant when none are declared)."""
@@ -216,6 +241,13 @@ class Settings:
         _require("explanations", self.explanations, 0, 3)
         self.variant_specs()  # raises ConfigError("variants", ...)
         _require("cold_start_events", self.cold_start_events, 0, 10_000)
+        if self.learning not in ("on", "off"):
+            raise ConfigError("learning", f"expected on or off, got {self.learning!r}")
+        _require("cooccurrence_neighbours", self.cooccurrence_neighbours, 1, 1000)
+        _require("cooccurrence_history", self.cooccurrence_history, 1, 3)
+        for name in ("cooccurrence_half_life_s", "neighbours_publish_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, "must be a positive number of seconds")
         if not self.trending_half_life_s > 0:
             raise ConfigError("trending_half_life_s", "must be a positive number of seconds")
         if self.model_type not in ("", "gru", "lstm", "sasrec"):

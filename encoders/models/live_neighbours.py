@@ -15,16 +15,19 @@ evaluation (encoders/training/streaming_eval.py) use this one implementation.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from encoders.models.inputs import PURCHASE_TYPE
-from encoders.models.session_head import NEIGHBOUR_HISTORY
+from encoders.models.ranker import NumpyRanker
+from encoders.models.session_head import NEIGHBOUR_HISTORY, NumpyRepeatHead
 from stream.errors import ArtifactError
 
 FILE = "live.json"  # in an artifact folder: the live table's settings and its fitted weight
@@ -68,11 +71,12 @@ class LiveConfig:
             raise ArtifactError(f"{path}: unreadable live-neighbour settings ({exc})") from None
 
 
-def transitions(recent: Sequence[int], item: int, event_type: int, config: LiveConfig) -> list[tuple[int, float]]:
+def transitions(recent: Sequence[Hashable], item: Hashable, event_type: int,
+                config: LiveConfig) -> list[tuple[Any, float]]:
     """(source, weight) of the transitions one item event sends into ``item``, given the user's earlier item
     events (oldest first): one per distinct earlier item among the last ``history``, never from itself."""
     weight = config.purchase_weight if event_type == PURCHASE_TYPE else 1.0
-    out: list[tuple[int, float]] = []
+    out: list[tuple[Any, float]] = []
     seen = {item}
     gap = 0
     for source in reversed(recent):
@@ -87,16 +91,18 @@ def transitions(recent: Sequence[int], item: int, event_type: int, config: LiveC
 
 
 class Successors:
-    """One item's successors: ids and weights as of ``ts`` (decayed in event time), at most ``neighbours``."""
+    """One item's successors: ids (rows offline, item ids in the stream) and weights as of ``ts`` (decayed in
+    event time), at most ``neighbours``."""
 
     __slots__ = ("items", "ts", "weights")
 
-    def __init__(self) -> None:
-        self.items: list[int] = []
-        self.weights: list[float] = []
-        self.ts = -math.inf
+    def __init__(self, items: list[Any] | None = None, weights: list[float] | None = None,
+                 ts: float = -math.inf) -> None:
+        self.items: list[Any] = items if items is not None else []
+        self.weights: list[float] = weights if weights is not None else []
+        self.ts = ts
 
-    def add(self, item: int, weight: float, ts: float, config: LiveConfig) -> None:
+    def add(self, item: Hashable, weight: float, ts: float, config: LiveConfig) -> None:
         """Count one transition into ``item`` at event time ``ts`` (a late one decays into the present)."""
         if ts > self.ts:
             if self.weights and math.isfinite(self.ts):
@@ -172,3 +178,77 @@ class LiveNeighbours:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def _pad_rows(table: np.ndarray, rows: int) -> np.ndarray:
+    """``table`` with zero rows appended up to ``rows`` rows (items after the model's, with nothing known)."""
+    extra = rows - table.shape[0]
+    if extra <= 0:
+        return table
+    out: np.ndarray = np.concatenate([table, np.zeros((extra, *table.shape[1:]), dtype=table.dtype)])
+    return out
+
+
+def padded_head(head: NumpyRepeatHead, rows: int) -> NumpyRepeatHead:
+    """The session head with neighbour tables for ``rows`` rows (new rows have no training-time neighbours)."""
+    out = copy.copy(head)
+    out.nbr_idx, out.nbr_sim = _pad_rows(head.nbr_idx, rows), _pad_rows(head.nbr_sim, rows)
+    return out
+
+
+def padded_ranker(ranker: NumpyRanker, rows: int) -> NumpyRanker:
+    """The re-ranker with its rule and popularity tables for ``rows`` rows (new rows: no rules, no counts)."""
+    out = copy.copy(ranker)
+    for name in ("follow_idx", "follow_w", "precede_idx", "precede_w", "popularity", "recent_popularity"):
+        setattr(out, name, _pad_rows(getattr(ranker, name), rows))
+    return out
+
+
+def padded_vectors(vectors: np.ndarray, rows: int) -> np.ndarray:
+    """The item vectors (row 0 first) with zero rows up to ``rows``: a new item has no vector until its
+    successors give it one."""
+    return _pad_rows(vectors, rows)
+
+
+def knn_scale(head: NumpyRepeatHead) -> float:
+    """The mix's kNN weight (the vote of the latest item), which the live votes are scaled by; 1 without one."""
+    first = float(head.nbr_weight[0]) if head.neighbours and head.nbr_weight.size else 0.0
+    return first if first > 0 else 1.0
+
+
+class LiveRows:
+    """Rows after a model's own, for the items first seen in the stream, so they score as any item does: the
+    session head's, the re-ranker's and the item vectors' tables grown to hold them (zero rows: no
+    training-time neighbours, rules or counts, no vector until one is set). The capacity doubles as items
+    arrive, so a new item costs a copy of the tables only every so often."""
+
+    def __init__(self, head: NumpyRepeatHead, ranker: NumpyRanker | None, vectors: np.ndarray,
+                 capacity: int = 1024) -> None:
+        self._base = (head, ranker, vectors)
+        self.first = vectors.shape[0]  # the first live row (vectors has row 0 and the model's rows)
+        self.ids: dict[Hashable, int] = {}
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        head, ranker, vectors = self._base
+        rows = self.first + capacity
+        self.capacity = capacity
+        old = getattr(self, "vectors", None)
+        self.head = padded_head(head, rows)
+        self.ranker = padded_ranker(ranker, rows) if ranker is not None else None
+        self.vectors = padded_vectors(vectors, rows)
+        if old is not None:
+            self.vectors[:old.shape[0]] = old  # the live rows' vectors set so far
+
+    def row(self, item: Hashable) -> int:
+        """The item's live row, given on first sight."""
+        row = self.ids.get(item)
+        if row is None:
+            if len(self.ids) == self.capacity:
+                self._grow(self.capacity * 2)
+            row = self.ids[item] = self.first + len(self.ids)
+        return row
+
+    def set_vector(self, row: int, vector: np.ndarray) -> None:
+        """A live item's vector (its successors' weighted mean), refreshed as they change."""
+        self.vectors[row] = vector

@@ -14,7 +14,6 @@ Full ranking, ties at random in expectation, as everywhere.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import replace
 from typing import Any
@@ -22,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from encoders.models.inputs import SEARCH_TYPE
-from encoders.models.live_neighbours import LiveConfig, LiveNeighbours
+from encoders.models.live_neighbours import (
+    LiveConfig,
+    LiveNeighbours,
+    knn_scale,
+    padded_head,
+    padded_ranker,
+    padded_vectors,
+)
 from encoders.models.ranker import NumpyRanker, session_scores
 from encoders.models.registry import SequenceModel
 from encoders.models.session_head import NumpyRepeatHead
@@ -35,36 +41,6 @@ WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)  # live-vote weights tried on the validation
 OFFSETS = (-0.5, -1.0, -2.0)  # new-item offsets tried next, with the best weight (0 is tried with every weight)
 SLICES = ("overall", "new_items", "old_items")
 OLD_ITEM_TOLERANCE = 0.005  # Recall@20 the items known at training may lose to learning, at most
-
-
-def _pad_rows(table: np.ndarray, rows: int) -> np.ndarray:
-    """``table`` with zero rows appended up to ``rows`` rows (items after the model's, with nothing known)."""
-    extra = rows - table.shape[0]
-    if extra <= 0:
-        return table
-    out: np.ndarray = np.concatenate([table, np.zeros((extra, *table.shape[1:]), dtype=table.dtype)])
-    return out
-
-
-def padded_head(head: NumpyRepeatHead, rows: int) -> NumpyRepeatHead:
-    """The session head with neighbour tables for ``rows`` rows (new rows have no training-time neighbours)."""
-    out = copy.copy(head)
-    out.nbr_idx, out.nbr_sim = _pad_rows(head.nbr_idx, rows), _pad_rows(head.nbr_sim, rows)
-    return out
-
-
-def padded_ranker(ranker: NumpyRanker, rows: int) -> NumpyRanker:
-    """The re-ranker with its rule and popularity tables for ``rows`` rows (new rows: no rules, no counts)."""
-    out = copy.copy(ranker)
-    for name in ("follow_idx", "follow_w", "precede_idx", "precede_w", "popularity", "recent_popularity"):
-        setattr(out, name, _pad_rows(getattr(ranker, name), rows))
-    return out
-
-
-def knn_scale(head: NumpyRepeatHead) -> float:
-    """The mix's kNN weight (the vote of the latest item), which the live votes are scaled by; 1 without one."""
-    first = float(head.nbr_weight[0]) if head.neighbours and head.nbr_weight.size else 0.0
-    return first if first > 0 else 1.0
 
 
 class StreamingWalk:
@@ -87,7 +63,7 @@ class StreamingWalk:
             np.minimum.at(first_seen, seq.live_items, seq.ts)
         self.fresh = first_seen >= since  # items first seen in the period: no vector of their own
         self.fresh[0] = False
-        self.vectors = _pad_rows(item_emb, n_rows)
+        self.vectors = padded_vectors(item_emb, n_rows)
         self.vectors[self.fresh] = 0.0
         unknown_known = self.fresh[:n_known]  # model rows a worker of this period would not know
         self.head = padded_head(NumpyRepeatHead(model.repeat), n_rows)

@@ -50,6 +50,10 @@ def add_bench_parser(sub: Any) -> None:
     bs.add_argument("--artifact", type=Path, default=None,
                     help="model artifact (default: newest GRU in <home>/models, else train one)")
 
+    bl = bench_sub.add_parser("learning", help="seconds until a new item reaches other users' lists; bytes/item")
+    bl.add_argument("--rate", type=float, default=200.0, help="events/s of the replayed period after the cutoff")
+    bl.add_argument("--duration", type=float, default=60.0, help="seconds of replay")
+    bl.add_argument("--artifact", type=Path, default=None, help="model artifact (default: newest in <home>/models)")
     br = bench_sub.add_parser("rerank", help="CPU per event of the data path with/without explanations, diversity")
     br.add_argument("--model", dest="model_path", type=Path, default=None, help="artifact (default: newest)")
     br.add_argument("--dataset", default="movielens", choices=["movielens", "yoochoose", "diginetica"])
@@ -59,16 +63,20 @@ def add_bench_parser(sub: Any) -> None:
 def run_bench_command(settings: Settings, args: argparse.Namespace) -> int:
     """Run the chosen benchmark and print its rows."""
     if args.bench == "rerank":
-        from stream.bench.rerank import bench_rerank
+        from stream.bench.rerank import bench_learning_cost, bench_rerank
 
         model = args.model_path or settings.home / "models"
         for row in bench_rerank(settings, model, args.dataset, args.events):
+            print(json.dumps(row), flush=True)
+        for row in bench_learning_cost(settings, model, args.dataset, args.events):
             print(json.dumps(row), flush=True)
         return 0
     if args.bench == "pipeline":
         return _bench_pipeline(settings, args)
     if args.bench == "api":
         return _bench_api(settings, args)
+    if args.bench == "learning":
+        return _bench_learning(settings, args)
     if args.bench == "state":
         from stream.bench.pipeline import BenchConfig, find_model
         from stream.bench.state import bench_state
@@ -130,4 +138,17 @@ def _bench_api(settings: Settings, args: argparse.Namespace) -> int:
     own = args.bootstrap_servers is None and "STREAMREC_BOOTSTRAP_SERVERS" not in os.environ
     for row in run_api_bench(settings, config, own_broker=own):
         print(json.dumps(row), flush=True)
+    return 0
+
+
+def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from stream.bench.learning import LearningBenchConfig, bench_learning
+
+    config = LearningBenchConfig(rate=args.rate, duration_s=args.duration, artifact=args.artifact)
+    logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)
+    logging.getLogger("aiokafka.producer.sender").setLevel(logging.ERROR)
+    own = args.bootstrap_servers is None and "STREAMREC_BOOTSTRAP_SERVERS" not in os.environ
+    print(json.dumps(bench_learning(settings, config, own_broker=own)), flush=True)
     return 0

@@ -141,7 +141,8 @@ def percentile_ms(values: np.ndarray, q: float) -> float | None:
 
 def phase_settings(settings: Settings, tag: str) -> Settings:
     """Settings with this phase's own app id (consumer group) and topics."""
-    names = ("clicks", "searches", "purchases", "items", "recommendations", "dead-letters", "erasures")
+    names = ("clicks", "searches", "purchases", "items", "recommendations", "dead-letters", "erasures", "co-views",
+             "item-neighbours")
     topics = {f"topic_{n.replace('-', '_')}": f"{tag}-{n}" for n in names}
     return settings.replace(app_id=tag, **topics)
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from encoders.artifact import ModelArtifact
+from encoders.models.live_neighbours import VOTE_DECAY, LiveConfig, knn_scale
+from encoders.models.ranker import Extra
+from encoders.models.session_head import NEIGHBOUR_HISTORY
 from encoders.serving import UserEncoder
 from index.base import ItemIndex
 from stream.core.catalog import Catalog
@@ -36,6 +39,12 @@ class IndexedModel:
     # The items' MiniLM text vectors, searched by a search's query (hybrid retrieval): kept beside the item
     # index, item for item, for a model with an item tower and a search blend (None: searches use the model).
     text_index: ItemIndex | None = None
+    # Items first seen in the stream, indexed by the vector their live successors give them (blended with their
+    # text's where they have one): item -> vector.
+    live_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    # The live neighbour lists applied (stream/core/cooccurrence.py): item -> (successors' scoring rows, their
+    # normalised weights), and the weight the votes get against the session head's kNN votes.
+    live_lists: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
@@ -46,6 +55,12 @@ class IndexedModel:
         norms = np.linalg.norm(padded, axis=1, keepdims=True)
         self._padded = padded
         self._unit = (padded / np.maximum(norms, 1e-9)).astype(np.float32)
+        # What one live vote is worth: the weight fitted on the validation slice (the default one for a model
+        # trained without it) times the mix's kNN weight, as offline; and the new items' offset likewise.
+        live = self.encoder.live_config or LiveConfig()
+        head = self.encoder.session_head
+        scale = knn_scale(head) if head is not None else 0.0
+        self.live_weight, self.new_item_offset = live.weight * scale, live.new_item_offset * scale
 
     @property
     def version(self) -> str:
@@ -57,13 +72,87 @@ class IndexedModel:
         an item the index does not know. ``rows``: their model rows, when the caller has them already."""
         rows = self.encoder.rows_of(item_ids) if rows is None else rows
         out: np.ndarray = (self._unit if unit else self._padded)[rows - 1]  # row 0 (unknown) -> the zero row
-        if self.text_vectors:  # catalog items known by their text only
+        if self.text_vectors or self.live_vectors:  # catalog items known by their text, items seen in the stream
             for n in np.flatnonzero(rows == 0).tolist():
-                cached = self.text_vectors.get(item_ids[n])
-                if cached is not None:
-                    vector = cached[1]
+                vector = self._own_vector(item_ids[n])
+                if vector is not None:
                     out[n] = vector / max(float(np.linalg.norm(vector)), 1e-9) if unit else vector
         return out
+
+    def _own_vector(self, item_id: str) -> np.ndarray | None:
+        """The index vector of an item the model has no row for (None: it has none)."""
+        live = self.live_vectors.get(item_id)
+        if live is not None:
+            return live
+        cached = self.text_vectors.get(item_id)
+        return cached[1] if cached is not None else None
+
+    def apply_neighbours(self, item_id: str, neighbours: list[tuple[str, float]], catalog: Catalog,
+                         filters: Filters) -> int:
+        """Take an item's live neighbour list: its successors' votes from now on and, for an item the model has
+        not trained on, a vector from them. Every item named gets a scoring row, so the session head ranks it
+        like any other, and the items first seen in the stream enter the index. Returns how many entered it."""
+        encoder = self.encoder
+        if encoder.session_head is None:
+            return 0  # nothing to score the votes with
+        rows = np.fromiter((encoder.scoring_row(item) for item, _ in neighbours), dtype=np.int64,
+                           count=len(neighbours))
+        weights = np.fromiter((weight for _, weight in neighbours), dtype=np.float64, count=len(neighbours))
+        self.live_lists[item_id] = (rows, weights / max(float(weights.sum()), 1e-12))
+        entered = 0
+        if not encoder.knows(item_id):
+            entered += self._index_live(item_id, encoder.live_vector(*self.live_lists[item_id]), catalog, filters)
+        for item, _ in neighbours:  # seen in the stream for the first time: rankable from now on, by the votes
+            if not encoder.knows(item) and item not in self.live_vectors:
+                entered += self._index_live(item, None, catalog, filters)
+        return entered
+
+    def _index_live(self, item_id: str, behaviour: np.ndarray | None, catalog: Catalog, filters: Filters) -> bool:
+        """Index an item first seen in the stream, and score it, by the vector its successors give it, blended
+        with its text's where it has one (zeros with neither: until it has successors, only the votes rank it).
+        Returns whether it entered the index just now."""
+        cached = self.text_vectors.get(item_id)
+        if behaviour is None:
+            vector = cached[1] if cached is not None else np.zeros(self.encoder.dim, np.float32)
+        else:
+            vector = 0.5 * (behaviour + cached[1]) if cached is not None else behaviour
+        row = self.encoder.scoring_row(item_id)
+        if vector.any():
+            self.encoder.set_live_vector(row, vector)
+        self.live_vectors[item_id] = vector
+        if not filters.admits(catalog.get(item_id), catalog.was_deleted(item_id)):
+            return False
+        new = item_id not in self.index
+        self.index.add([item_id], vector.reshape(1, -1))
+        return new
+
+    def neighbour_lists(self) -> list[tuple[str, list[tuple[str, float]]]]:
+        """The live neighbour lists applied, by item id (for a model swapped in after this one)."""
+        ids = self.encoder.ids_of_rows
+        return [(item, list(zip(ids(rows), weights.tolist(), strict=True)))
+                for item, (rows, weights) in self.live_lists.items()]
+
+    def live_votes(self, recent: list[tuple[str, str]]) -> Extra | None:
+        """The live neighbours' votes after a user's item events (oldest first), as the offline streaming
+        evaluation casts them (encoders/training/streaming_eval.py): each of the last 10 events votes
+        ``0.8 ** rank`` times each successor's normalised weight, scaled by the fitted weight; the items
+        first seen in the stream get the fitted new-item offset. None: no votes."""
+        if not self.live_lists or not (self.live_weight or self.new_item_offset):
+            return None
+        rows: list[np.ndarray] = []
+        votes: list[np.ndarray] = []
+        for rank, (_, item) in enumerate(reversed(recent[-NEIGHBOUR_HISTORY:])):
+            found = self.live_lists.get(item)
+            if found is not None:
+                rows.append(found[0])
+                votes.append(found[1] * (self.live_weight * VOTE_DECAY ** rank))
+        if not rows:
+            return None
+        unique, inverse = np.unique(np.concatenate(rows), return_inverse=True)
+        total: np.ndarray = np.bincount(inverse, weights=np.concatenate(votes), minlength=unique.size)
+        if self.new_item_offset:
+            total[unique > len(self.encoder.item_ids)] += self.new_item_offset
+        return unique, total
 
     def text_vectors_of(self, item_ids: list[str], rows: np.ndarray | None = None) -> np.ndarray:
         """(n, text_dim) MiniLM vectors of these items' texts; zeros for an item without one. ``rows``: their
@@ -112,7 +201,12 @@ class IndexedModel:
                 continue
             text = entry.text if entry is not None else None
             cached = self.text_vectors.get(item_id)
-            if text is None:
+            live = self.live_vectors.get(item_id)
+            if text is None and live is not None:  # an item seen in the stream: its behaviour's vector
+                if item_id not in self.index:
+                    add_ids.append(item_id)
+                    add_vectors.append(live)
+            elif text is None:
                 remove.append(item_id)
             elif cached is not None and cached[0] == text:
                 if item_id not in self.index:

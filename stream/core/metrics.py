@@ -108,6 +108,33 @@ class Metrics:
             ["route", "status"], buckets=LATENCY_BUCKETS, registry=registry)
         self.http_in_flight = Gauge(
             "streamrec_http_requests_in_flight", "HTTP API requests being answered now.", registry=registry)
+        # Learning from the stream (stream/core/cooccurrence.py): the data path's co-views, the co-views agent's
+        # table and publications, and the lists every worker applies.
+        self.co_views = Counter(
+            "streamrec_worker_co_views_total", "Co-view records emitted by item events (at most 3 per event).",
+            registry=registry)
+        self.cooccurrence_updates = Counter(
+            "streamrec_cooccurrence_updates_total", "Co-view records counted into the live co-occurrence table.",
+            registry=registry)
+        self.cooccurrence_duplicates = Counter(
+            "streamrec_cooccurrence_duplicates_total",
+            "Co-view records redelivered after a restart and skipped (already in the table).", registry=registry)
+        self.cooccurrence_items = Gauge(
+            "streamrec_cooccurrence_items", "Items with a row in this worker's partitions of the live table.",
+            registry=registry)
+        self.neighbour_lists_published = Counter(
+            "streamrec_cooccurrence_lists_published_total",
+            "Neighbour lists published to item-neighbours (when an item's top successors change, rate-limited).",
+            registry=registry)
+        self.neighbour_lists_applied = Counter(
+            "streamrec_worker_neighbour_lists_applied_total", "Neighbour lists from item-neighbours applied.",
+            registry=registry)
+        self.neighbour_list_age = Gauge(
+            "streamrec_worker_neighbour_list_age_seconds",
+            "Age of the newest neighbour list applied, when it was applied (publication to use).", registry=registry)
+        self.live_items_indexed = Counter(
+            "streamrec_worker_live_items_indexed_total",
+            "Items the model was not trained on that entered the index from their behaviour.", registry=registry)
         self.model = Info("streamrec_model", "The model this worker serves, per A/B variant.", ["variant"],
                           registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole

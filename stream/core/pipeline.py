@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from encoders.models.live_neighbours import LiveConfig
 from encoders.serving import UserEncoder
 from stream.core.catalog import Catalog
+from stream.core.cooccurrence import CoView, NeighbourList, co_views
 from stream.core.explain import explain
 from stream.core.hybrid import hybrid
 from stream.core.indexed_model import IndexedModel
@@ -61,6 +63,7 @@ class Rules:
     diversity: float = 0.0  # MMR strength (0 = off)
     explanations: int = 0  # recent events named per item (0 = none)
     filters: Filters = field(default_factory=Filters)
+    learning: LiveConfig | None = None  # the co-views an item event emits (None: learning off)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Outcome:
     dead_letter: bool
     recommendation: Recommendation | None = None
     reason: str | None = None
+    co_views: tuple[CoView, ...] = ()  # for the co-views topic (stream/core/cooccurrence.py)
 
 
 @dataclass
@@ -157,8 +161,10 @@ class Recommender:
         t2 = time.perf_counter()
         # 3. Update the user's state (once per event id: Kafka may redeliver after a crash), scoring the
         #    previous list against this event first (live hit-rate@k); count the item for trending.
+        #    The item event's transitions from the user's recent items go out as co-views (learning on).
         state = self._state_of(event.user_id, states.get(event.user_id), encoder)
         position = f"{source.topic}:{source.partition}"
+        views: list[CoView] = []
         if state.already_applied(event.event_id, position, source.offset):
             m.duplicates.labels(event_type=event.type).inc()
         else:
@@ -167,6 +173,8 @@ class Recommender:
                 if not encoder.knows(event.item_id):
                     m.unknown_items.labels(event_type=event.type).inc()
                 self.trending.observe(source.partition, event.item_id, event.type, event.ts, trending)
+                if rules.learning is not None:
+                    views = co_views(state.recent, event.item_id, event.type, event.ts, rules.learning)
             state.vector = encoder.step(state.vector, event.type, event.item_id, text)
             state.remember(event.type, event.item_id, event.event_id, event.ts, rules.history_size,
                            rules.max_purchased, position, source.offset)
@@ -199,7 +207,9 @@ class Recommender:
             m.child(m.stage, stage).observe(seconds)
         m.child(m.lists, event.type, arm.name).inc()
         m.child(m.event_to_recommendation, event.type, arm.name).observe(max(rec.generated_at - event.ts, 0.0))
-        return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec)
+        if views:
+            m.co_views.inc(len(views))
+        return Outcome(event.user_id.encode(), rec.to_json(), False, recommendation=rec, co_views=tuple(views))
 
     def current_list(self, request: ListRequest, states: Mapping[str, bytes]) -> RequestedList:
         """A user's list now, for an HTTP request: steps 4-7 of the data path over the user's current state
@@ -262,7 +272,8 @@ class Recommender:
         candidates = served.index.search(query, depth, exclude=() if shaping is not None else excluded)
         # (enough for the list after the filters drop excluded items and items gone from the index)
         candidates = encoder.rescore(query, state.recent, candidates,
-                                     limit=depth + len(excluded) + rules.history_size)
+                                     limit=depth + len(excluded) + rules.history_size,
+                                     extra=served.live_votes(state.recent))
         if shaping is not None and searched is not None:
             candidates = hybrid(served, shaping, query, searched, weight, candidates, state,
                                 limit=pool + len(excluded) + rules.history_size)
@@ -300,6 +311,21 @@ class Recommender:
         self.metrics.index_items.set(len(self.served.index))
         log.debug("catalog: %d changes applied, %d items (re)indexed", len(records), added)
 
+    def apply_neighbours(self, lists: list[NeighbourList]) -> int:
+        """Apply live neighbour lists (``item-neighbours``) to every served model; returns how many items first
+        seen in the stream entered the default variant's index."""
+        entered = 0
+        for arm in self.arms.values():
+            for lst in lists:
+                added = arm.served.apply_neighbours(lst.item_id, list(lst.neighbours), self.catalog, arm.rules.filters)
+                entered += added if arm is self.default else 0
+        if lists:
+            self.metrics.neighbour_lists_applied.inc(len(lists))
+            self.metrics.neighbour_list_age.set(max(self.clock() - max(lst.published_at for lst in lists), 0.0))
+            self.metrics.live_items_indexed.inc(entered)
+            self.metrics.index_items.set(len(self.served.index))
+        return entered
+
     def swap(self, served: IndexedModel, built_from_seq: int, variant: str = DEFAULT) -> None:
         """Serve another model to a variant from the next event on; replays the catalog changes made while
         it was built.
@@ -308,6 +334,8 @@ class Recommender:
         from their recent events when they next arrive (``_load_state``)."""
         arm = self.arms[variant]
         served.sync(self.catalog.changed_since(built_from_seq), self.catalog, arm.rules.filters)
+        for item, neighbours in arm.served.neighbour_lists():  # what the stream taught, in the new model's rows
+            served.apply_neighbours(item, neighbours, self.catalog, arm.rules.filters)
         arm.served = served
         if arm is self.default:
             self.metrics.index_items.set(len(served.index))

@@ -40,8 +40,9 @@ class Handler(Protocol):
 def make_agent(event_type: EventType, recommender: Handler, states: MutableMapping[str, bytes],
                recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics,
                processed: dict[tuple[str, int], int],
-               trending: MutableMapping[str, bytes] | None = None) -> AgentFun:
-    """An agent body for one input topic: raw bytes in, recommendation or dead letter out.
+               trending: MutableMapping[str, bytes] | None = None, co_views: str | None = None) -> AgentFun:
+    """An agent body for one input topic: raw bytes in, recommendation or dead letter out (and the item event's
+    co-views to the ``co_views`` topic, with learning on).
 
     ``processed`` records the last offset handled per (topic, partition), for the lag gauge; ``trending``
     is the table of trending counts.
@@ -81,6 +82,9 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
                 outcome = failures.outcome(event_type, error, message.value, message.key, source)
             if isinstance(states, StateTable):  # the state written (even by a handler that raised after it)
                 await states.flush(producer, message.partition)
+            if co_views is not None:  # enqueued before the offset can be committed, like the list
+                for view in outcome.co_views:
+                    await producer.send(co_views, view.key(), view.to_json(), None, None, None)
             started = time.perf_counter()
             ack = await producer.send(names[outcome.dead_letter], outcome.key, outcome.value, None, None, None)
             asyncio.ensure_future(ack).add_done_callback(produced(started))

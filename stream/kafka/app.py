@@ -16,18 +16,20 @@ from faust.types.tables import TableT
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from stream.config import Settings
+from stream.core.cooccurrence import CoOccurrence, NeighbourList, decode_neighbour_list
 from stream.core.metrics import Metrics
 from stream.core.pipeline import Recommender
 from stream.core.schemas import ItemRecord, ModelRelease, Source, dead_letter, decode_item, decode_release
 from stream.errors import InvalidEvent
 from stream.kafka.agents import AgentFun, make_agent, make_erasure_agent
+from stream.kafka.cooccurrence_agent import make_cooccurrence_agent, publish_due
 from stream.kafka.faust_options import new_app
 from stream.kafka.follow import follow
 from stream.kafka.http_api import Readiness, install_http_api
 from stream.kafka.loading import build_recommender
 from stream.kafka.reload import ModelReloader
 from stream.kafka.state_table import StateTable
-from stream.kafka.topics import STATE_TABLE, TRENDING_TABLE, changelog_topic
+from stream.kafka.topics import COOCCURRENCE_TABLE, STATE_TABLE, TRENDING_TABLE, changelog_topic
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 5.0  # how often consumer lag and the user count are refreshed
@@ -55,7 +57,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         for event_type in ("click", "purchase"):  # export zeros from the start, so rates and ratios exist
             metrics.live_hits.labels(event_type=event_type, k=k, variant=spec.name)
             metrics.live_opportunities.labels(event_type=event_type, k=k, variant=spec.name)
-    for name in [*settings.input_topics.values(), settings.topic_erasures]:
+    live = settings.live_config  # None: learning off
+    for name in [*settings.input_topics.values(), settings.topic_erasures,
+                 *([settings.topic_co_views] if live is not None else [])]:
         metrics.dead_letters.labels(topic=name)
     for event_type in [*settings.input_topics, "erase"]:  # at 0 from the start, so the first error counts
         metrics.processing_errors.labels(event_type=event_type)
@@ -82,21 +86,41 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return agent
 
     processed: dict[tuple[str, int], int] = {}
+    co_views = settings.topic_co_views if live is not None else None
     for event_type, name in settings.input_topics.items():
         body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics, processed,
-                          trending)
+                          trending, co_views)
         app.agent(raw_topic(name), name=f"streamrec.{event_type}")(gated(body))
+    cooccurrence: StateTable | None = None
+    if live is not None:
+        # Learning from the stream: the co-views (re-keyed by item) counted into a table partitioned by item,
+        # whose changed lists every worker then reads from item-neighbours (below).
+        cooccurrence = StateTable(_raw_table(app, settings, COOCCURRENCE_TABLE))
+        counter = CoOccurrence(live, settings.neighbours_publish_interval_s)
+        app.agent(raw_topic(settings.topic_co_views), name="streamrec.co-views")(make_cooccurrence_agent(
+            counter, cooccurrence, settings.topic_item_neighbours, settings.topic_dead_letters, metrics,
+            settings.max_event_bytes))
+
+        @app.timer(interval=settings.neighbours_publish_interval_s / 2)  # type: ignore[untyped-decorator]
+        async def publish_held_back_lists() -> None:
+            assert cooccurrence is not None
+            held = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_co_views}
+            await publish_due(counter, cooccurrence, app.producer, settings.topic_item_neighbours, metrics, held)
     app.agent(raw_topic(settings.topic_erasures), name="streamrec.erase")(
         gated(make_erasure_agent(recommender, states, recommendations, dead_letters)))
 
     async def on_records(records: list[ConsumerRecord[bytes, bytes]], live: bool) -> None:
-        """Catalog changes and model releases, as every worker reads them."""
+        """Catalog changes, model releases and live neighbour lists, as every worker reads them."""
         items: list[ItemRecord] = []
         releases: dict[str, ModelRelease] = {}  # the newest per variant
+        lists: list[NeighbourList] = []
         for record in records:
             try:
                 if record.topic == settings.topic_items:
                     items.append(decode_item(record.value, record.key, max_bytes=settings.max_event_bytes))
+                elif record.topic == settings.topic_item_neighbours:
+                    if record.value is not None:
+                        lists.append(decode_neighbour_list(record.value, max_bytes=settings.max_event_bytes))
                 elif record.value is not None:
                     release = decode_release(record.value, max_bytes=settings.max_event_bytes)
                     releases[release.variant] = release
@@ -109,6 +133,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                                                                                source, time.time()))
         if items:
             recommender.apply_items(items)
+        if lists:
+            recommender.apply_neighbours(lists)
         for release in releases.values():
             reloader.submit(release)
 
@@ -121,7 +147,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_catalog_and_models() -> None:
-        await follow(settings, [settings.topic_items, settings.topic_models], on_records, caught_up)
+        followed = [settings.topic_items, settings.topic_models,
+                    *([settings.topic_item_neighbours] if live is not None else [])]
+        await follow(settings, followed, on_records, caught_up)
 
     inputs = set(settings.input_topics.values())
 
@@ -144,6 +172,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def report_lag() -> None:
         """Lag = end offset - next offset to process, per assigned input partition; users in state."""
         metrics.state_users.set(len(states))
+        if cooccurrence is not None:
+            metrics.cooccurrence_items.set(len(cooccurrence))
         assigned = assigned_inputs()
         metrics.consumer_lag.clear()  # partitions this worker lost in a rebalance must not linger
         if not assigned:

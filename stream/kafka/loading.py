@@ -36,7 +36,7 @@ def rules_for(settings: Settings) -> Rules:
     return Rules(top_k=settings.top_k, history_size=settings.history_size, max_purchased=settings.max_purchased,
                  max_event_bytes=settings.max_event_bytes, max_future_skew_s=settings.max_future_skew_s,
                  cold_start_events=settings.cold_start_events, diversity=settings.diversity,
-                 explanations=settings.explanations, filters=filters_for(settings))
+                 explanations=settings.explanations, filters=filters_for(settings), learning=settings.live_config)
 
 
 def load_indexed_model(path: Path, settings: Settings, catalog: Catalog, filters: Filters) -> IndexedModel:

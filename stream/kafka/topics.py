@@ -27,6 +27,7 @@ class TopicSpec:
 
 STATE_TABLE = "user-state"
 TRENDING_TABLE = "trending"
+COOCCURRENCE_TABLE = "item-cooccurrence"  # the live successors of each item, partitioned like co-views
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -61,8 +62,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Dead letters are evidence: keep them for 30 days.
         TopicSpec(settings.topic_dead_letters, settings.dead_letter_partitions,
                   (("retention.ms", str(30 * 24 * 3600 * 1000)),)),
+        # Transitions keyed by their source item; the co-occurrence table is co-partitioned with them. A week of
+        # them is plenty: the table's changelog holds what they taught.
+        TopicSpec(settings.topic_co_views, n, (("retention.ms", str(7 * 24 * 3600 * 1000)),)),
+        # The latest neighbour list of every item; every worker reads it whole at start.
+        TopicSpec(settings.topic_item_neighbours, n, (("cleanup.policy", "compact"),)),
         *(TopicSpec(changelog_topic(settings, table), n, (("cleanup.policy", "compact"),))
-          for table in (STATE_TABLE, TRENDING_TABLE)),
+          for table in (STATE_TABLE, TRENDING_TABLE, COOCCURRENCE_TABLE)),
         TopicSpec(leader_topic(settings), 1),
     ]
 

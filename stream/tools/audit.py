@@ -12,6 +12,7 @@ reports:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -218,3 +219,54 @@ def _same_state(expected_raw: bytes, actual_raw: bytes | None) -> bool:
             and expected.events == actual.events and expected.vector.shape == actual.vector.shape
             and bool(np.allclose(expected.vector, actual.vector, atol=1e-5)))
 
+
+
+async def cooccurrence_audit(settings: Settings, wait_s: float = 60.0) -> dict[str, Any]:
+    """Is the live co-occurrence table what the co-views say? Recomputes every row in one process from the
+    ``co-views`` topic (partition by partition in offset order, as the agent applies them, with the same code)
+    and compares it with the table's changelog, after waiting up to ``wait_s`` for the table to have applied
+    every record. Returns the items compared, the ones that differ (successors, or weights beyond 1e-9
+    relative) and the largest relative weight difference."""
+    from stream.core.cooccurrence import CoOccurrence, Row, decode_co_view
+    from stream.kafka.topics import COOCCURRENCE_TABLE, changelog_topic
+
+    live = settings.live_config
+    if live is None:
+        raise ConfigError("learning", "the co-occurrence audit needs learning on")
+    views = await read_topic(settings, settings.topic_co_views)
+    expected: dict[str, bytes] = {}
+    recompute = CoOccurrence(live, settings.neighbours_publish_interval_s)
+    last: dict[str, int] = {}  # item -> offset of its last valid record
+    for _, partition, offset, key, value in views:
+        try:
+            view = decode_co_view(value, key, max_bytes=settings.max_event_bytes)
+        except InvalidEvent:
+            continue  # dead-lettered by the agent
+        recompute.apply(view, partition, offset, expected)
+        last[view.source] = offset
+    deadline = time.monotonic() + wait_s
+    while True:
+        stored: dict[str, bytes] = {}
+        for _, _, _, key, value in await read_topic(settings, changelog_topic(settings, COOCCURRENCE_TABLE)):
+            if key is not None and value is not None:
+                stored[key.decode()] = value
+        behind = [item for item, offset in last.items()
+                  if item not in stored or Row.from_bytes(stored[item]).offset < offset]
+        if not behind or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    mismatched: list[str] = []
+    worst = 0.0
+    for item, raw in expected.items():
+        want, got = Row.from_bytes(raw).successors, Row.from_bytes(stored[item]).successors \
+            if item in stored else None
+        if got is None or got.items != want.items:
+            mismatched.append(item)
+            continue
+        error = max((abs(a - b) / max(abs(b), 1e-300) for a, b in zip(got.weights, want.weights, strict=True)),
+                    default=0.0)
+        worst = max(worst, error)
+        if error > 1e-9:
+            mismatched.append(item)
+    return {"co_views": len(views), "items": len(expected), "cooccurrence_mismatches": len(mismatched),
+            "max_relative_error": worst, "behind": len(behind), "cooccurrence_examples": mismatched[:5]}

@@ -211,7 +211,8 @@ def run_online(settings: Settings, artifact: Path, rate: float = 400.0, max_even
         app_id=tag, model_path=loaded.path, top_k=LIST_SIZE, cold_start_events=0, diversity=0.0,
         topic_clicks=f"{tag}-clicks", topic_searches=f"{tag}-searches", topic_purchases=f"{tag}-purchases",
         topic_recommendations=f"{tag}-recommendations", topic_dead_letters=f"{tag}-dead-letters",
-        topic_erasures=f"{tag}-erasures", topic_items=f"{tag}-items", topic_models=f"{tag}-models").validate()
+        topic_erasures=f"{tag}-erasures", topic_items=f"{tag}-items", topic_models=f"{tag}-models",
+        topic_co_views=f"{tag}-co-views", topic_item_neighbours=f"{tag}-item-neighbours").validate()
     kafka = local_kafka(run) if run.bootstrap_servers == Settings().bootstrap_servers else None
     started_broker = kafka is not None and not kafka.is_running()
     if kafka is not None:

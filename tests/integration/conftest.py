@@ -50,8 +50,11 @@ def settings(kafka: LocalKafka, tmp_path: Path, data_dir: Path, artifact_dir: Pa
         topic_clicks=f"{tag}-clicks", topic_searches=f"{tag}-searches", topic_purchases=f"{tag}-purchases",
         topic_items=f"{tag}-items", topic_recommendations=f"{tag}-recommendations",
         topic_dead_letters=f"{tag}-dead-letters", topic_erasures=f"{tag}-erasures", topic_models=f"{tag}-models",
+        topic_co_views=f"{tag}-co-views", topic_item_neighbours=f"{tag}-item-neighbours",
         session_timeout_s=6.0, rebalance_timeout_s=6.0,
-        cold_start_events=0,  # lists compared with a single-process reference: no trending blend (own tests)
+        # Lists compared with a single-process reference or with each other over time: no trending blend and no
+        # learning from the stream (each has its own tests).
+        cold_start_events=0, learning="off",
     ).validate()
     asyncio.run(ensure_topics(s))
     return s

@@ -10,7 +10,7 @@ from stream.config import Settings
 from stream.core.schemas import Event
 from stream.kafka.consume import wait_until_serving
 from stream.local.processes import start_worker, stop_worker
-from stream.tools.audit import audit
+from stream.tools.audit import audit, read_topic
 from stream.tools.datasets import load_events
 from stream.tools.replay import replay
 from tests.streaming import send, wait_for_metric
@@ -25,9 +25,12 @@ def test_audit_of_a_clean_run_then_of_an_unanswered_event(settings: Settings) ->
         asyncio.run(replay(settings, events, rate=200.0))
         asyncio.run(send(settings, [(settings.topic_clicks, b"odd", b"{broken"),
                                     (settings.topic_purchases, b"odd", b'{"schema_version": 1}')]))
-        # Every record answered (a list or a dead letter) before the worker stops: however long that takes here.
+        # Every input record answered (a list or a dead letter; the readiness probes are records too) before the
+        # worker stops: however long that takes here.
+        records = sum(len(asyncio.run(read_topic(settings, topic))) for topic in settings.input_topics.values())
+        assert records >= len(events) + 2
         wait_for_metric(settings.metrics_port, ["streamrec_worker_recommendations_total",
-                                                "streamrec_worker_dead_letters_total"], len(events) + 2)
+                                                "streamrec_worker_dead_letters_total"], records)
     finally:
         stop_worker(proc)
     report = asyncio.run(audit(settings)).summary()

@@ -152,7 +152,7 @@ def finite_values(answer: dict[str, Any]) -> list[float]:
 def test_every_dashboard_query_returns_data_from_a_live_worker(settings: Settings, movielens_model: Path,
                                                                 prometheus: str) -> None:
     started = time.time()
-    settings = settings.replace(model_path=movielens_model)
+    settings = settings.replace(model_path=movielens_model, learning="on")  # its panels too
     events = load_events("movielens", settings.data_dir)
     held_out = events[int(len(events) * 0.9):]
     chosen = held_out[SLICE_START:SLICE_START + REPLAY_EVENTS]
@@ -190,6 +190,11 @@ def test_every_dashboard_query_returns_data_from_a_live_worker(settings: Setting
             values = ", ".join(f"{s['metric'] or '{}'} = {s['value'][1]}" for s in answer["data"]["result"])
             print(f"[{title}] {expr}\n    -> {values or 'NO DATA'}")
         assert not empty, "panels whose query returned no data: " + "; ".join(f"{t!r}: {e}" for t, e in empty)
+        # The stream taught the worker: co-views were counted, lists published and applied.
+        learned = {expr: max(float(s["value"][1]) for s in answer["data"]["result"]) for _, expr, answer in answers
+                   if any(name in expr for name in ("co_views_total", "cooccurrence_updates_total",
+                                                    "lists_published_total", "cooccurrence_items"))}
+        assert len(learned) >= 4 and all(value > 0 for value in learned.values()), learned
 
         rules = http_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
         loaded = {r["name"]: r for g in rules for r in g["rules"] if r["type"] == "alerting"}

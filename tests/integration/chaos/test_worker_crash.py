@@ -13,7 +13,7 @@ from stream.config import Settings
 from stream.kafka.consume import wait_until_serving
 from stream.local.broker import free_port
 from stream.local.processes import start_worker, stop_worker
-from stream.tools.audit import audit
+from stream.tools.audit import audit, cooccurrence_audit
 from stream.tools.datasets import load_events
 from stream.tools.replay import replay
 
@@ -23,6 +23,7 @@ KILL_AT_S, RESTART_AT_S = 6.0, 9.0
 
 
 def test_worker_killed_mid_stream_loses_nothing(settings: Settings) -> None:
+    settings = settings.replace(learning="on")  # the fixture's reference tests turn it off
     assert settings.model_path is not None
     model = settings.model_path
     one = settings.replace(home=settings.home / "w1", metrics_port=free_port(), http_port=free_port())
@@ -54,7 +55,12 @@ def test_worker_killed_mid_stream_loses_nothing(settings: Settings) -> None:
             if proc is not None:
                 stop_worker(proc)
     report = asyncio.run(audit(settings)).summary()
+    # The killed worker held half the co-occurrence table too: rebuilt from its changelog, it must count as a
+    # single process would have counted the same co-views.
+    report |= asyncio.run(cooccurrence_audit(settings))
     print("\nworker crash audit:", json.dumps(report))
     assert report["events"] >= EVENTS
     assert report["lost"] == 0, report
     assert report["state_mismatches"] == 0, report
+    assert report["co_views"] > 1000 and report["items"] > 100 and report["behind"] == 0, report
+    assert report["cooccurrence_mismatches"] == 0, report
