@@ -317,12 +317,16 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
             result = evaluate_search(path, settings.data_dir, args.out)
             print(json.dumps({"search": {k: v for k, v in result.items() if k != "run"}}))
     if args.learning:
-        from stream.tools.learning_report import evaluate_learning, learning_modes
+        from stream.tools.learning_report import add_online, evaluate_learning, learning_modes
 
         modes = learning_modes(args.learning)
         for path in args.artifacts:
             result = evaluate_learning(path, settings.data_dir, args.out, modes, max_events=args.max_events)
+            if args.online:  # the same period through the broker and a worker, per mode, beside the offline one
+                result = add_online(settings, path, args.out, modes, rate=args.rate, max_events=args.max_events)
             print(json.dumps({"learning": {k: v for k, v in result.items() if k != "run"}}))
+        if args.online:
+            return 0
     if args.online:
         from stream.tools.online_eval import evaluate_online, write_online_report
 

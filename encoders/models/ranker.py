@@ -219,7 +219,7 @@ def _best(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-Extra = tuple[np.ndarray, np.ndarray]  # (rows, bonus) added to the kNN part: the live table's votes
+Extra = tuple[np.ndarray, np.ndarray]  # (rows, bonus) added to the kNN part: the live table's votes (a row may repeat)
 
 
 def first_stage(head: NumpyRepeatHead, query: np.ndarray, item_emb: np.ndarray,

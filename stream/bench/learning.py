@@ -4,16 +4,22 @@ live co-occurrence table holds per item.
 One ``streamrec worker`` with learning on serves a model on the bench's own broker. The dataset's events after
 the model's temporal cutoff (the period in which new items are born) are replayed in time order at ``rate``
 for ``duration_s``. For every item the model has no row for, the bench times the seconds from sending its first
-event to the first list that names it for a user who has had no event on it. At the end the co-occurrence
-table's changelog gives the bytes of its rows per item, and the worker's metrics the co-views per event.
+event to the first list that names it for a user who has had no event on it (``seconds_to_first_list_*``).
+That figure is bound by the traffic: another shopper must come by an item the new one followed.
+
+So the bench also probes the system's own delay under that load. Every ``PROBE_EVERY_S`` a watcher clicks a
+known item A; three shoppers then go from A to a brand-new item; the watcher clicks A again every 100 ms until
+a list of the watcher's names the new item (``probe_seconds_*``: from the new item's first event to that
+list; a probe that takes over ``PROBE_TIMEOUT_S`` counts as missed). At the end the co-occurrence table's
+changelog gives the bytes of its rows per item, and the worker's metrics the co-views per event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.request
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,6 @@ from encoders.artifact import latest_artifact, load_artifact, resolve_artifact
 from stream.bench.broker import bench_broker
 from stream.bench.pipeline import phase_settings
 from stream.config import Settings
-from stream.core.schemas import Event
 from stream.errors import ConfigError
 from stream.kafka.consume import RecommendationReader, wait_until_serving
 from stream.kafka.topics import COOCCURRENCE_TABLE, changelog_topic, ensure_topics
@@ -32,9 +37,11 @@ from stream.local.broker import free_port
 from stream.local.processes import start_worker, stop_worker
 from stream.tools.audit import read_topic
 from stream.tools.datasets import load_events
+from stream.tools.newcomers import Newcomers
 from stream.tools.replay import replay
 
 DRAIN_S = 5.0  # lists read after the last event is sent
+PROBE_EVERY_S, PROBE_TIMEOUT_S, PROBE_START_S = 3.0, 10.0, 5.0
 
 
 @dataclass(frozen=True)
@@ -85,41 +92,83 @@ def bench_learning(settings: Settings, config: LearningBenchConfig, own_broker: 
 
 
 async def _measure(settings: Settings, events: list[Any], known: set[str], rate: float) -> dict[str, Any]:
-    """Replay the events while reading the lists; the seconds from each new item's first event to its first
-    list for another user."""
-    first_sent: dict[str, float] = {}
-    actors: dict[str, set[str]] = defaultdict(set)  # new item -> users who had an event on it
-    listed: dict[str, float] = {}
-
-    def sent(event: Event) -> None:
-        item = event.item_id
-        if item is not None and item not in known:
-            first_sent.setdefault(item, time.time())
-            actors[item].add(event.user_id)
-
+    """Replay the events while reading the lists and probing (see the module docstring)."""
+    newcomers = Newcomers(known)
     reader = RecommendationReader(settings)
     await reader.start()
     done = asyncio.Event()
+    watched: dict[str, tuple[str, asyncio.Future[float]]] = {}  # watcher -> (new item, when a list named it)
 
     async def read() -> None:
         while not done.is_set():
             async for rec, _ in reader.records(timeout_s=0.2):
-                for it in rec.items:
-                    item = it.item_id
-                    if item in first_sent and item not in listed and rec.user_id not in actors[item]:
-                        listed[item] = rec.generated_at - first_sent[item]
+                newcomers.listed(rec)
+                probe = watched.get(rec.user_id)
+                if probe is not None and not probe[1].done() and probe[0] in {it.item_id for it in rec.items}:
+                    probe[1].set_result(rec.generated_at)
 
+    sources = list(dict.fromkeys(e.item_id for e in events if e.item_id in known))
     reading = asyncio.create_task(read())
-    stats = await replay(settings, events, rate, on_sent=sent)
+    probing = asyncio.create_task(_probes(settings, sources, watched, len(events) / rate))
+    stats = await replay(settings, events, rate, on_sent=lambda event: newcomers.sent(event, time.time()))
+    delays = await probing
     await asyncio.sleep(DRAIN_S)
     done.set()
     await reading
     await reader.stop()
-    seconds = np.array(list(listed.values()) or [np.nan])
-    return {"events": stats.sent, "new_items_seen": len(first_sent), "new_items_listed": len(listed),
-            "seconds_to_first_list_p50": round(float(np.nanpercentile(seconds, 50)), 2),
-            "seconds_to_first_list_p90": round(float(np.nanpercentile(seconds, 90)), 2),
-            "seconds_to_first_list_max": round(float(np.nanmax(seconds)), 2)}
+    found = np.array([d for d in delays if d is not None] or [np.nan])
+    return {"events": stats.sent, **newcomers.summary(), "probes": len(delays),
+            "probes_listed": int(np.isfinite(found).sum()),
+            "probe_seconds_p50": round(float(np.nanpercentile(found, 50)), 2),
+            "probe_seconds_p90": round(float(np.nanpercentile(found, 90)), 2),
+            "probe_seconds_max": round(float(np.nanmax(found)), 2)}
+
+
+async def _probes(settings: Settings, sources: list[str], watched: dict[str, tuple[str, asyncio.Future[float]]],
+                  seconds: float) -> list[float | None]:
+    """Probe every ``PROBE_EVERY_S`` while the replay runs; each probe's seconds (None: missed)."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream.core.schemas import Event
+    from stream.kafka.clients import client_options
+
+    producer = AIOKafkaProducer(**client_options(settings), linger_ms=0)
+    await producer.start()
+    topic = settings.topic_clicks
+    loop = asyncio.get_running_loop()
+
+    async def click(user: str, item: str) -> float:
+        at = time.time()
+        event = Event("click", user, at, f"{user}-{item}-{at}", item_id=item)
+        await producer.send_and_wait(topic, event.to_json(), key=user.encode())
+        return at
+
+    async def probe(n: int) -> float | None:
+        source, new, watcher = sources[n * 7919 % len(sources)], f"bench-new-item-{n}", f"bench-watcher-{n}"
+        listed: asyncio.Future[float] = loop.create_future()
+        watched[watcher] = (new, listed)
+        await click(watcher, source)
+        await asyncio.sleep(0.5)
+        born = 0.0
+        for shopper in range(3):
+            await click(f"bench-shopper-{n}-{shopper}", source)
+            at = await click(f"bench-shopper-{n}-{shopper}", new)
+            born = born or at
+        while not listed.done() and time.time() - born < PROBE_TIMEOUT_S:
+            await click(watcher, source)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(listed), timeout=0.1)
+        return listed.result() - born if listed.done() else None
+
+    try:
+        await asyncio.sleep(PROBE_START_S)
+        tasks = []
+        for n in range(max(int((seconds - PROBE_START_S - PROBE_TIMEOUT_S) / PROBE_EVERY_S), 1)):
+            tasks.append(asyncio.create_task(probe(n)))
+            await asyncio.sleep(PROBE_EVERY_S)
+        return list(await asyncio.gather(*tasks))
+    finally:
+        await producer.stop()
 
 
 def _metric(port: int, name: str) -> float:

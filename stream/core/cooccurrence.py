@@ -10,9 +10,9 @@ Three steps, each on its own partitioning:
    encoders/models/live_neighbours.py, the one implementation offline and online). A row remembers the
    offset of the last record it applied, so a record redelivered after a crash is not counted twice: every
    record of an item lands in the same partition, in order.
-3. When the order of an item's top successors changes, the agent publishes the whole row, normalised, to the
-   compacted ``item-neighbours`` topic, at most once per ``publish_interval_s`` per item. Every worker follows
-   that topic whole and votes with it (indexed_model.py).
+3. When an item's top successors change (their order, or a share by a point), the agent publishes the whole
+   row, normalised, to the compacted ``item-neighbours`` topic, at most once per ``publish_interval_s`` per
+   item. Every worker follows that topic whole and votes with it (live_lists.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from encoders.models.live_neighbours import LiveConfig, Successors, transitions
 from stream.core.schemas import SCHEMA_VERSION, _identifier, _object
 from stream.errors import InvalidEvent
 
-PUBLISH_TOP = 10  # a list is republished when the order of this many top successors changes
+PUBLISH_TOP = 10  # a list is republished when this many top successors change (order, or shares by a point)
 _HEADER = struct.Struct("<dqdIH")  # ts, offset of the last record applied, published at, top hash, successors
 _LENGTH = struct.Struct("<H")
 
@@ -118,9 +118,12 @@ class Row:
         return Row(Successors(items, weights, ts), offset, published_at, top)
 
     def top_hash(self) -> int:
-        """A hash of the order of the top successors: a change of it is a change that moves lists."""
-        order = sorted(range(len(self.successors.items)), key=lambda n: -self.successors.weights[n])[:PUBLISH_TOP]
-        return zlib.crc32("\n".join(str(self.successors.items[n]) for n in order).encode())
+        """A hash of the top successors and their normalised weights to two decimals: a change of it (one
+        moved up or down, a share moved by a point or more) is a change that moves lists."""
+        s = self.successors
+        total = max(sum(s.weights), 1e-300)
+        order = sorted(range(len(s.items)), key=lambda n: -s.weights[n])[:PUBLISH_TOP]
+        return zlib.crc32("\n".join(f"{s.items[n]} {round(100 * s.weights[n] / total)}" for n in order).encode())
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class NeighbourList:
     neighbours: tuple[tuple[str, float], ...]
     ts: float  # event time of the newest transition counted
     published_at: float  # wall clock
+    mass: float = 1.0  # the row's raw weight at ``ts``: what a worker adds an event's own co-views to
 
     @staticmethod
     def of(item_id: str, row: Row, now: float) -> NeighbourList:
@@ -138,13 +142,14 @@ class NeighbourList:
         s = row.successors
         total = max(sum(s.weights), 1e-300)
         pairs = sorted(zip(s.items, s.weights, strict=True), key=lambda p: -p[1])
-        return NeighbourList(item_id, tuple((str(item), weight / total) for item, weight in pairs), s.ts, now)
+        return NeighbourList(item_id, tuple((str(item), weight / total) for item, weight in pairs), s.ts, now,
+                             total)
 
     def to_json(self) -> bytes:
         """The ``item-neighbours`` record value (the key is the item id)."""
         return orjson.dumps({"schema_version": SCHEMA_VERSION, "item_id": self.item_id,
                              "neighbours": [list(pair) for pair in self.neighbours], "ts": self.ts,
-                             "published_at": self.published_at})
+                             "published_at": self.published_at, "mass": self.mass})
 
 
 def decode_neighbour_list(raw: bytes | None, *, max_bytes: int) -> NeighbourList:
@@ -152,7 +157,8 @@ def decode_neighbour_list(raw: bytes | None, *, max_bytes: int) -> NeighbourList
     body = _object(raw, max_bytes)
     item_id = _identifier(body, "item_id", required=True)
     assert item_id is not None
-    raw_pairs, ts, published_at = body.get("neighbours"), body.get("ts"), body.get("published_at")
+    raw_pairs, ts, published_at, mass = (body.get("neighbours"), body.get("ts"), body.get("published_at"),
+                                         body.get("mass"))
     if not isinstance(raw_pairs, list) or not raw_pairs:
         raise InvalidEvent("wrong_type", "neighbours must be a non-empty list of [item_id, weight]")
     pairs = []
@@ -165,11 +171,13 @@ def decode_neighbour_list(raw: bytes | None, *, max_bytes: int) -> NeighbourList
             raise InvalidEvent("invalid_value", "a neighbour's weight must be a number in [0, 1]")
         assert other is not None
         pairs.append((other, float(weight)))
-    for name, value in (("ts", ts), ("published_at", published_at)):
+    for name, value in (("ts", ts), ("published_at", published_at), ("mass", mass)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidEvent("wrong_type", f"{name} must be a number (Unix seconds)")
-    assert isinstance(ts, (int, float)) and isinstance(published_at, (int, float))
-    return NeighbourList(item_id, tuple(pairs), float(ts), float(published_at))
+            raise InvalidEvent("wrong_type", f"{name} must be a number")
+    assert isinstance(ts, (int, float)) and isinstance(published_at, (int, float)) and isinstance(mass, (int, float))
+    if mass <= 0:
+        raise InvalidEvent("invalid_value", "mass must be positive")
+    return NeighbourList(item_id, tuple(pairs), float(ts), float(published_at), float(mass))
 
 
 class CoOccurrence:

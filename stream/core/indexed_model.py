@@ -9,18 +9,19 @@ then replays the catalog changes that arrived during the build.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from encoders.artifact import ModelArtifact
-from encoders.models.live_neighbours import VOTE_DECAY, LiveConfig, knn_scale
+from encoders.models.live_neighbours import LiveConfig, knn_scale
 from encoders.models.ranker import Extra
-from encoders.models.session_head import NEIGHBOUR_HISTORY
 from encoders.serving import UserEncoder
 from index.base import ItemIndex
 from stream.core.catalog import Catalog
+from stream.core.cooccurrence import CoView
+from stream.core.live_lists import LiveList, LiveLists
 from stream.core.rerank import Filters
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,9 @@ class IndexedModel:
     # Items first seen in the stream, indexed by the vector their live successors give them (blended with their
     # text's where they have one): item -> vector.
     live_vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    # The live neighbour lists applied (stream/core/cooccurrence.py): item -> (successors' scoring rows, their
-    # normalised weights), and the weight the votes get against the session head's kNN votes.
-    live_lists: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # Those without a vector yet: listed by the votes alone, so not in the index (an insert costs more than
+    # the event that brought the item, and a zero vector is never found by a search).
+    votable: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
@@ -55,12 +56,19 @@ class IndexedModel:
         norms = np.linalg.norm(padded, axis=1, keepdims=True)
         self._padded = padded
         self._unit = (padded / np.maximum(norms, 1e-9)).astype(np.float32)
-        # What one live vote is worth: the weight fitted on the validation slice (the default one for a model
-        # trained without it) times the mix's kNN weight, as offline; and the new items' offset likewise.
+        # The live neighbour lists applied (stream/core/cooccurrence.py). One vote is worth the weight fitted on the
+        # validation slice (the default one for a model trained without it) times the mix's kNN weight, as
+        # offline; the new items' offset likewise.
         live = self.encoder.live_config or LiveConfig()
         head = self.encoder.session_head
         scale = knn_scale(head) if head is not None else 0.0
-        self.live_weight, self.new_item_offset = live.weight * scale, live.new_item_offset * scale
+        self.live_lists = LiveLists(live.weight * scale, live.new_item_offset * scale, len(self.encoder.item_ids) + 1,
+                                    live.half_life_s)
+
+    @property
+    def listable(self) -> Container[str]:
+        """What a list may hold: the indexed items, and the items first seen in the stream without a vector yet."""
+        return _Either(self.index, self.votable) if self.votable else self.index
 
     @property
     def version(self) -> str:
@@ -88,24 +96,34 @@ class IndexedModel:
         return cached[1] if cached is not None else None
 
     def apply_neighbours(self, item_id: str, neighbours: list[tuple[str, float]], catalog: Catalog,
-                         filters: Filters) -> int:
+                         filters: Filters, mass: float = 1.0, ts: float = 0.0) -> int:
         """Take an item's live neighbour list: its successors' votes from now on and, for an item the model has
         not trained on, a vector from them. Every item named gets a scoring row, so the session head ranks it
-        like any other, and the items first seen in the stream enter the index. Returns how many entered it."""
+        like any other, and the items first seen in the stream enter the index. ``mass``: the row's raw weight
+        at event time ``ts``. Returns how many entered it."""
         encoder = self.encoder
         if encoder.session_head is None:
             return 0  # nothing to score the votes with
         rows = np.fromiter((encoder.scoring_row(item) for item, _ in neighbours), dtype=np.int64,
                            count=len(neighbours))
         weights = np.fromiter((weight for _, weight in neighbours), dtype=np.float64, count=len(neighbours))
-        self.live_lists[item_id] = (rows, weights / max(float(weights.sum()), 1e-12))
+        weights = weights / max(float(weights.sum()), 1e-12)
+        self.live_lists.lists[item_id] = LiveList(rows, weights, mass, ts)
         entered = 0
         if not encoder.knows(item_id):
-            entered += self._index_live(item_id, encoder.live_vector(*self.live_lists[item_id]), catalog, filters)
+            entered += self._index_live(item_id, encoder.live_vector(rows, weights), catalog, filters)
         for item, _ in neighbours:  # seen in the stream for the first time: rankable from now on, by the votes
             if not encoder.knows(item) and item not in self.live_vectors:
                 entered += self._index_live(item, None, catalog, filters)
         return entered
+
+    def see_live(self, item_id: str, catalog: Catalog, filters: Filters) -> bool:
+        """An item the model has not trained on had its first event here: rankable from now on (a scoring row,
+        and in the index, until its neighbour list gives it a vector), as the offline evaluation has it.
+        Returns whether it entered the index just now."""
+        if self.encoder.session_head is None or self.encoder.knows(item_id) or item_id in self.live_vectors:
+            return False
+        return self._index_live(item_id, None, catalog, filters)
 
     def _index_live(self, item_id: str, behaviour: np.ndarray | None, catalog: Catalog, filters: Filters) -> bool:
         """Index an item first seen in the stream, and score it, by the vector its successors give it, blended
@@ -117,42 +135,30 @@ class IndexedModel:
         else:
             vector = 0.5 * (behaviour + cached[1]) if cached is not None else behaviour
         row = self.encoder.scoring_row(item_id)
-        if vector.any():
-            self.encoder.set_live_vector(row, vector)
         self.live_vectors[item_id] = vector
         if not filters.admits(catalog.get(item_id), catalog.was_deleted(item_id)):
             return False
-        new = item_id not in self.index
-        self.index.add([item_id], vector.reshape(1, -1))
+        new = item_id not in self.index and item_id not in self.votable
+        if vector.any():
+            self.encoder.set_live_vector(row, vector)
+            self.index.add([item_id], vector.reshape(1, -1))
+            self.votable.discard(item_id)
+        else:
+            self.votable.add(item_id)
         return new
 
-    def neighbour_lists(self) -> list[tuple[str, list[tuple[str, float]]]]:
-        """The live neighbour lists applied, by item id (for a model swapped in after this one)."""
+    def neighbour_lists(self) -> list[tuple[str, list[tuple[str, float]], float, float]]:
+        """The live neighbour lists applied, by item id, with their mass and time (for a model swapped in)."""
         ids = self.encoder.ids_of_rows
-        return [(item, list(zip(ids(rows), weights.tolist(), strict=True)))
-                for item, (rows, weights) in self.live_lists.items()]
+        return [(item, list(zip(ids(lst.rows), lst.weights.tolist(), strict=True)), lst.mass, lst.ts)
+                for item, lst in self.live_lists.lists.items()]
 
-    def live_votes(self, recent: list[tuple[str, str]]) -> Extra | None:
-        """The live neighbours' votes after a user's item events (oldest first), as the offline streaming
-        evaluation casts them (encoders/training/streaming_eval.py): each of the last 10 events votes
-        ``0.8 ** rank`` times each successor's normalised weight, scaled by the fitted weight; the items
-        first seen in the stream get the fitted new-item offset. None: no votes."""
-        if not self.live_lists or not (self.live_weight or self.new_item_offset):
+    def live_votes(self, recent: list[tuple[str, str]], pending: Sequence[CoView] = ()) -> Extra | None:
+        """The live neighbour lists' votes after a user's item events (oldest first), counting ``pending``, the
+        co-views of the event being answered (stream/core/live_lists.py). None: no votes."""
+        if self.encoder.session_head is None:
             return None
-        rows: list[np.ndarray] = []
-        votes: list[np.ndarray] = []
-        for rank, (_, item) in enumerate(reversed(recent[-NEIGHBOUR_HISTORY:])):
-            found = self.live_lists.get(item)
-            if found is not None:
-                rows.append(found[0])
-                votes.append(found[1] * (self.live_weight * VOTE_DECAY ** rank))
-        if not rows:
-            return None
-        unique, inverse = np.unique(np.concatenate(rows), return_inverse=True)
-        total: np.ndarray = np.bincount(inverse, weights=np.concatenate(votes), minlength=unique.size)
-        if self.new_item_offset:
-            total[unique > len(self.encoder.item_ids)] += self.new_item_offset
-        return unique, total
+        return self.live_lists.votes(recent, pending, self.encoder.scoring_row)
 
     def text_vectors_of(self, item_ids: list[str], rows: np.ndarray | None = None) -> np.ndarray:
         """(n, text_dim) MiniLM vectors of these items' texts; zeros for an item without one. ``rows``: their
@@ -203,7 +209,9 @@ class IndexedModel:
             cached = self.text_vectors.get(item_id)
             live = self.live_vectors.get(item_id)
             if text is None and live is not None:  # an item seen in the stream: its behaviour's vector
-                if item_id not in self.index:
+                if not live.any():
+                    self.votable.add(item_id)
+                elif item_id not in self.index:
                     add_ids.append(item_id)
                     add_vectors.append(live)
             elif text is None:
@@ -229,6 +237,7 @@ class IndexedModel:
                     text_add.append(raw)
         if remove:
             self.index.remove(remove)
+            self.votable.difference_update(remove)
             if self.text_index is not None:
                 self.text_index.remove(remove)
         if add_ids:
@@ -236,3 +245,13 @@ class IndexedModel:
         if text_ids and self.text_index is not None:
             self.text_index.add(text_ids, np.stack(text_add))
         return len(add_ids)
+
+
+class _Either:
+    """Membership in either of two containers."""
+
+    def __init__(self, first: Container[str], second: Container[str]) -> None:
+        self.first, self.second = first, second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.first or item in self.second

@@ -134,7 +134,8 @@ class Metrics:
             "Age of the newest neighbour list applied, when it was applied (publication to use).", registry=registry)
         self.live_items_indexed = Counter(
             "streamrec_worker_live_items_indexed_total",
-            "Items the model was not trained on that entered the index from their behaviour.", registry=registry)
+            "Items the model was not trained on that became listable from their behaviour (votes first, the index "
+            "once their successors give them a vector).", registry=registry)
         self.model = Info("streamrec_model", "The model this worker serves, per A/B variant.", ["variant"],
                           registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards never see a hole

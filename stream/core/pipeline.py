@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container, Mapping, MutableMapping
+from collections.abc import Callable, Container, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,6 +175,8 @@ class Recommender:
                 self.trending.observe(source.partition, event.item_id, event.type, event.ts, trending)
                 if rules.learning is not None:
                     views = co_views(state.recent, event.item_id, event.type, event.ts, rules.learning)
+                    if not encoder.knows(event.item_id):  # rankable from its first event on, for every user
+                        self._see_live(event.item_id)
             state.vector = encoder.step(state.vector, event.type, event.item_id, text)
             state.remember(event.type, event.item_id, event.event_id, event.ts, rules.history_size,
                            rules.max_purchased, position, source.offset)
@@ -191,7 +193,7 @@ class Recommender:
         cold = state.events < rules.cold_start_events and event.type != "search"
         items, t5, t6 = self._ranked(served, rules, state, query, intent, rules.top_k,
                                      rules.filters.excluded_for(state),
-                                     state.events / rules.cold_start_events if cold else None)
+                                     state.events / rules.cold_start_events if cold else None, pending=views)
         t7 = time.perf_counter()
         # 8. The list; the state (with the list it got) is stored once per event.
         rec = self._recommendation(event, items, served.version, arm.name, state.events)
@@ -251,14 +253,14 @@ class Recommender:
 
     def _ranked(self, served: IndexedModel, rules: Rules, state: UserState, query: np.ndarray,
                 intent: Intent, k: int, excluded: set[str],
-                personal_share: float | None, members: set[str] | None = None,
+                personal_share: float | None, members: set[str] | None = None, pending: Sequence[CoView] = (),
                 ) -> tuple[list[RecommendedItem], float, float]:
         """Steps 5-7 for a user's state and query vector, shared by events and requests: the best k items and
         their explanations, with the perf_counter times at the end of steps 5 and 6.
 
         ``intent`` is (the query vector shaping the list, its weight, the search the list names);
         ``personal_share`` the personal share of a cold-start list (None: no trending blend); ``members`` the
-        only items allowed (a request's category)."""
+        only items allowed (a request's category); ``pending`` the co-views of the event being answered."""
         encoder = served.encoder
         searched, weight, named = intent
         # 5. Search, never returning what this user must not get; the model then gives every candidate its
@@ -273,17 +275,17 @@ class Recommender:
         # (enough for the list after the filters drop excluded items and items gone from the index)
         candidates = encoder.rescore(query, state.recent, candidates,
                                      limit=depth + len(excluded) + rules.history_size,
-                                     extra=served.live_votes(state.recent))
+                                     extra=served.live_votes(state.recent, pending))
         if shaping is not None and searched is not None:
             candidates = hybrid(served, shaping, query, searched, weight, candidates, state,
                                 limit=pool + len(excluded) + rules.history_size)
-        searchable: Container[str] = served.index
+        searchable: Container[str] = served.listable
         if members is not None:
             # A category's items may all lie beyond the search's depth: its indexed items join, scored by the
             # inner product (the search's own score), and nothing outside it is listed.
-            searchable = Within(members, served.index)
+            searchable = Within(members, searchable)
             listed = {item for item, _ in candidates}
-            extra = [item for item in members if item not in listed and item in served.index]
+            extra = [item for item in members if item not in listed and item in searchable]
             if extra:
                 candidates = [*candidates, *zip(extra, (served.vectors_of(extra) @ query).tolist(), strict=True)]
         t5 = time.perf_counter()
@@ -317,7 +319,8 @@ class Recommender:
         entered = 0
         for arm in self.arms.values():
             for lst in lists:
-                added = arm.served.apply_neighbours(lst.item_id, list(lst.neighbours), self.catalog, arm.rules.filters)
+                added = arm.served.apply_neighbours(lst.item_id, list(lst.neighbours), self.catalog, arm.rules.filters,
+                                                    lst.mass, lst.ts)
                 entered += added if arm is self.default else 0
         if lists:
             self.metrics.neighbour_lists_applied.inc(len(lists))
@@ -325,6 +328,12 @@ class Recommender:
             self.metrics.live_items_indexed.inc(entered)
             self.metrics.index_items.set(len(self.served.index))
         return entered
+
+    def _see_live(self, item_id: str) -> None:
+        """An item no served model was trained on had its first event on this worker: every variant ranks it."""
+        entered = [arm.served.see_live(item_id, self.catalog, arm.rules.filters) for arm in self.arms.values()]
+        if entered[0]:
+            self.metrics.live_items_indexed.inc()
 
     def swap(self, served: IndexedModel, built_from_seq: int, variant: str = DEFAULT) -> None:
         """Serve another model to a variant from the next event on; replays the catalog changes made while
@@ -334,8 +343,10 @@ class Recommender:
         from their recent events when they next arrive (``_load_state``)."""
         arm = self.arms[variant]
         served.sync(self.catalog.changed_since(built_from_seq), self.catalog, arm.rules.filters)
-        for item, neighbours in arm.served.neighbour_lists():  # what the stream taught, in the new model's rows
-            served.apply_neighbours(item, neighbours, self.catalog, arm.rules.filters)
+        for item in arm.served.live_vectors:  # what the stream taught, in the new model's rows
+            served.see_live(item, self.catalog, arm.rules.filters)
+        for item, neighbours, mass, ts in arm.served.neighbour_lists():
+            served.apply_neighbours(item, neighbours, self.catalog, arm.rules.filters, mass, ts)
         arm.served = served
         if arm is self.default:
             self.metrics.index_items.set(len(served.index))

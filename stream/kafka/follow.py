@@ -21,7 +21,7 @@ from stream.kafka.clients import client_options
 from stream.kafka.topics import partition_count
 
 log = logging.getLogger(__name__)
-FETCH_WAIT_MS = 50  # how long a fetch waits for new records: bounds how late a catalog change is applied
+FETCH_WAIT_MS = 10  # how long a fetch waits for new records: bounds how late a catalog change or list is applied
 
 RecordsHandler = Callable[[list[ConsumerRecord[bytes, bytes]], bool], Awaitable[None]]
 

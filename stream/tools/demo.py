@@ -1,9 +1,10 @@
 """``streamrec demo``: local Kafka, a trained model, a worker, a live replay, and what came out.
 
 It replays the held-out later period of movielens (events the model never trained on), prints a few
-users' events and lists, the measured event-to-recommendation latency, and then asks the HTTP API for one
-user's list and one item's similar items. Everything it started is
-stopped on the way out, Ctrl-C included.
+users' events and lists, an item unseen at training that the stream brought into other users' lists (and how
+many seconds after its first event), the measured event-to-recommendation latency, and then asks the HTTP
+API for one user's list and one item's similar items. Everything it started is stopped on the way out,
+Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from stream.config import Settings
 from stream.core.schemas import Event, Recommendation
 from stream.local.processes import start_worker, stop_worker
+from stream.tools.newcomers import Newcomers
 
 DATASET = "movielens"
 SEARCH_QUERY = "space adventure"  # the one search the demo sends after the replay
@@ -86,7 +88,9 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
 
     seconds = await wait_until_serving(settings, timeout_s=120, alive=lambda: worker.poll() is None)
     _say("worker", f"serving after {seconds:.1f} s")
-    cutoff = float(load_artifact(model).metrics["split"]["cutoff_ts"])
+    artifact = load_artifact(model)
+    cutoff = float(artifact.metrics["split"]["cutoff_ts"])
+    newcomers = Newcomers(set(artifact.item_ids))
     held_out = [e for e in load_events(DATASET, settings.data_dir) if e.ts >= cutoff][:events]
     reader = RecommendationReader(settings)
     await reader.start()
@@ -96,6 +100,7 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
     def on_sent(e: Event) -> None:
         sent[e.event_id] = e
         history[e.user_id].append(e)
+        newcomers.sent(e, time.time())
 
     lists: dict[str, Recommendation] = {}
     received_lat: list[float] = []
@@ -103,6 +108,7 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
 
     async def collect() -> None:
         async for rec, received in reader.records(timeout_s=None):
+            newcomers.listed(rec)
             if rec.event_id in sent:
                 lists[rec.user_id] = rec
                 received_lat.append(received - rec.event_ts)
@@ -132,6 +138,8 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
             print(f"    {e.type:<8} {what}")
         _print_list("recommendations", lists[user], titles)
         print()
+    _learned(newcomers, titles, settings.learning)
+    print()
     if busiest:
         await _search(settings, busiest[0], lists[busiest[0]], SEARCH_QUERY, titles)
     else:
@@ -141,6 +149,21 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
     _say("received", f"event ts -> list consumed: {_percentiles(received_lat)}")
     _say("worker", f"event ts -> list generated: {_percentiles(server_lat)}")
     return (busiest[0], lists[busiest[0]].items[0].item_id) if busiest and lists[busiest[0]].items else None
+
+
+def _learned(newcomers: Newcomers, titles: dict[str, str], learning: str) -> None:
+    """The item unseen at training that reached another user's list soonest after its first event."""
+    first = newcomers.first()
+    if first is None:
+        _say("learning", f"{learning}: {len(newcomers.first_sent)} items unseen at training had events; none reached "
+                         "another user's list in this replay")
+        return
+    item, seconds = first
+    summary = newcomers.summary()
+    _say("learning", f"{titles.get(item, item)} (item {item}), unseen at training, in another user's list "
+                     f"{seconds:.1f} s after its first event")
+    _say("", f"{summary['new_items_listed']} of {summary['new_items_seen']} items unseen at training reached "
+             f"other users' lists, median {summary['seconds_to_first_list_p50']:.1f} s after their first event")
 
 
 def _ask_the_api(settings: Settings, user: str, item: str, titles: dict[str, str]) -> None:

@@ -7,7 +7,9 @@ own live settings are used (their weight was fitted on its validation slice), or
 artifact trained without one.
 
 Writes ``learning.json`` (mode -> slice -> metrics, and ``run``) into the output folder and adds a section
-to its ``report.md``.
+to its ``report.md``. With ``--online`` too, each mode is also replayed through the broker and a worker
+(stream/tools/online_eval.py) and ``learning.json`` gains ``online`` (mode -> slice -> metrics) and the
+differences in Recall@20 between the two.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from encoders.artifact import load_artifact
 from encoders.models.live_neighbours import LiveConfig
 from encoders.training.streaming_eval import SLICES, StreamingWalk
+from stream.config import Settings
 from stream.errors import ConfigError
 from stream.tools.report import artifact_sequences
 
@@ -74,3 +77,33 @@ def _markdown(result: dict[str, Any], modes: list[str]) -> str:
             lines.append(f"| {mode} | {name} | {row['targets']} | "
                          + " | ".join(f"{row[k]:.4f}" for k in KEYS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def add_online(settings: Settings, path: Path, out: Path, modes: list[str], rate: float,
+               max_events: int = 20_000) -> dict[str, Any]:
+    """Replay the period online in each mode; adds ``online`` and ``online_minus_offline_recall@20`` (per mode and
+    slice) to the learning.json in ``out`` and returns it."""
+    from stream.tools.online_eval import evaluate_online
+
+    file = out / "learning.json"
+    result: dict[str, Any] = json.loads(file.read_text())
+    result["online"] = {}
+    result["online_minus_offline_recall@20"] = {}
+    for mode in modes:
+        summary = evaluate_online(settings, path, rate=rate, max_events=max_events, learning=mode == "on")
+        result["online"][mode] = summary["slices"] | {"unanswered": summary["online"]["all"].get("unanswered", 0),
+                                                      "seconds": summary["seconds"]}
+        result["online_minus_offline_recall@20"][mode] = {
+            name: round(summary["slices"][name]["recall@20"] - result[mode][name]["recall@20"], 4) for name in SLICES}
+    file.write_text(json.dumps(result, indent=2) + "\n")
+    report = out / "report.md"
+    lines = ["", "Online (`--online`: the same period through the broker and a worker):", "",
+             "| learning | slice | targets | online R@20 | offline R@20 | online MRR@20 | offline MRR@20 |",
+             "|---|---|---|---|---|---|---|"]
+    for mode in modes:
+        for name in SLICES:
+            on, off = result["online"][mode][name], result[mode][name]
+            lines.append(f"| {mode} | {name} | {on['targets']} | {on['recall@20']:.4f} | {off['recall@20']:.4f} | "
+                         f"{on['mrr@20']:.4f} | {off['mrr@20']:.4f} |")
+    report.write_text(report.read_text().rstrip() + "\n" + "\n".join(lines) + "\n")
+    return result

@@ -33,3 +33,23 @@ def test_online_lists_are_the_offline_rankings(settings: Settings, artifact_dir:
           f"{np.mean(overlaps):.3f} (min {min(overlaps):.2f}); online R@20 {metrics['recall@20']:.4f}")
     assert metrics["unanswered"] == 0 and len(overlaps) >= TARGETS
     assert np.mean(overlaps) >= 0.95  # HNSW recall and the purchased-items filter are the only differences
+
+
+def test_online_learning_agrees_with_the_offline_streaming_walk(settings: Settings, artifact_dir: Path) -> None:
+    from encoders.models.live_neighbours import LiveConfig
+    from encoders.training.streaming_eval import streaming_metrics
+    from stream.tools.online_eval import score_slices
+
+    run = run_online(settings, artifact_dir, rate=100.0, max_events=2000, learning=True)
+    online = score_slices(run.lists, run.plan)
+    artifact = load_artifact(artifact_dir)
+    sequences, cutoff, query_vectors = artifact_sequences(artifact, settings.data_dir)
+    offline = streaming_metrics(artifact.model, sequences, cutoff, float("inf"), 2000, LiveConfig(), query_vectors)
+    print(f"\nlearning on, diginetica: online R@20 {online['overall']['recall@20']:.4f} (new items "
+          f"{online['new_items']['recall@20']:.4f}), offline {offline['overall']['recall@20']:.4f} "
+          f"({offline['new_items']['recall@20']:.4f})")
+    # Within a point overall; the slices are a few hundred targets (one target is 0.3 points of the old items).
+    for name, tolerance in (("overall", 0.01), ("new_items", 0.02), ("old_items", 0.02)):
+        assert online[name]["targets"] == offline[name]["events"]
+        assert abs(online[name]["recall@20"] - offline[name]["recall@20"]) <= tolerance, (name, online, offline)
+    assert online["new_items"]["recall@20"] > 0.05  # the worker learned: new items reach the lists

@@ -15,7 +15,15 @@ from encoders.models.live_neighbours import LiveConfig, LiveNeighbours, Successo
 from encoders.serving import UserEncoder
 from index.brute import BruteForceIndex
 from stream.core.catalog import Catalog
-from stream.core.cooccurrence import CoOccurrence, CoView, NeighbourList, Row, decode_co_view, decode_neighbour_list
+from stream.core.cooccurrence import (
+    CoOccurrence,
+    CoView,
+    NeighbourList,
+    Row,
+    co_views,
+    decode_co_view,
+    decode_neighbour_list,
+)
 from stream.core.indexed_model import IndexedModel
 from stream.core.metrics import Metrics
 from stream.core.pipeline import Rules
@@ -153,7 +161,9 @@ def test_a_worker_votes_with_the_lists_and_ranks_an_item_born_after_training(art
     source = known[7]
     new = NeighbourList(source, (("born-later", 0.9), (known[8], 0.1)), NOW, NOW - 0.25)
     assert recommender.apply_neighbours([new]) == 1
-    assert "born-later" in served.index and not served.encoder.knows("born-later")
+    # Listed by the votes, not searched: without successors of its own it has no vector, so no index entry.
+    assert "born-later" in served.listable and "born-later" not in served.index
+    assert not served.encoder.knows("born-later")
     out = recommender.process("click", *reversed(event("u", source, 0)), source=Source("clicks", 0, 0), states={})
     assert out.recommendation is not None
     assert "born-later" in [it.item_id for it in out.recommendation.items]
@@ -164,10 +174,11 @@ def test_a_worker_votes_with_the_lists_and_ranks_an_item_born_after_training(art
     recommender.apply_neighbours([NeighbourList("born-later", ((known[3], 0.5), (known[4], 0.5)), NOW, NOW)])
     expected = (served.encoder.item_vectors()[3] + served.encoder.item_vectors()[4]) / 2
     assert served.vectors_of(["born-later"])[0] == pytest.approx(expected, abs=1e-6)
+    assert "born-later" in served.index  # found by searches from now on
     # A swapped-in model keeps what the stream taught.
     other = served_with_learning(artifact)
     recommender.swap(other, 0)
-    assert "born-later" in other.index and set(other.live_lists) == {source, "born-later"}
+    assert "born-later" in other.index and set(other.live_lists.lists) == {source, "born-later"}
 
 
 def test_the_workers_votes_are_the_offline_votes(artifact: ModelArtifact) -> None:
@@ -183,14 +194,20 @@ def test_the_workers_votes_are_the_offline_votes(artifact: ModelArtifact) -> Non
     for source, successors in offline.rows.items():
         items, weights = successors.normalised()
         served.apply_neighbours(names[source], [(names[i], w) for i, w in zip(items.tolist(), weights.tolist(),
-                                                                              strict=True)], Catalog(), Filters())
+                                                                              strict=True)], Catalog(), Filters(),
+                                sum(successors.weights), successors.ts)
     recent = [rng.randrange(len(names)) for _ in range(12)]
-    voted = served.live_votes([("click", names[n]) for n in recent])
-    assert voted is not None
+    # The list answering the last event counts that event's own transitions, which the table has not yet.
+    pending = co_views([("click", names[n]) for n in recent[:-1]], names[recent[-1]], "click", NOW + 700, config)
+    offline.observe(recent[:-1], recent[-1], 1, NOW + 700)
+    voted = served.live_votes([("click", names[n]) for n in recent], pending)
+    assert voted is not None and len(pending) == 3
     expected_items, expected = offline.votes(recent)
     assert encoder.session_head is not None
     scale = knn_scale(encoder.session_head)
-    got = dict(zip(encoder.ids_of_rows(voted[0]), voted[1].tolist(), strict=True))
+    got: dict[str, float] = {}
+    for item, value in zip(encoder.ids_of_rows(voted[0]), voted[1].tolist(), strict=True):
+        got[item] = got.get(item, 0.0) + value  # a row may come more than once: its votes add up
     want = {names[i]: v * config.weight * scale + (config.new_item_offset * scale if names[i].startswith("new-")
                                                    else 0.0)
             for i, v in zip(expected_items.tolist(), expected.tolist(), strict=True)}
@@ -206,3 +223,25 @@ def test_metrics_of_learning_exist_from_the_start() -> None:
                  "streamrec_cooccurrence_items", "streamrec_worker_live_items_indexed_total",
                  "streamrec_worker_neighbour_list_age_seconds", "streamrec_worker_co_views_total"):
         assert registry.get_sample_value(name) == 0.0
+
+
+def test_an_item_first_seen_by_this_worker_is_rankable_from_its_first_event(artifact: ModelArtifact) -> None:
+    served = served_with_learning(artifact)
+    recommender = single_model(served, rules=Rules(learning=LiveConfig()), clock=lambda: NOW)
+    states: dict[str, bytes] = {}
+    known = served.encoder.item_ids
+    for n, item in enumerate(["first-seen-here", known[5]]):
+        recommender.process("click", *reversed(event("u", item, n)), source=Source("clicks", 0, n), states=states)
+    assert "first-seen-here" in served.listable  # no list names it yet: its own event made it rankable
+    assert served.encoder.is_live(served.encoder.scoring_row("first-seen-here"))
+    query = served.encoder.query_vector(served.encoder.initial_state())
+    scored = dict(served.encoder.rescore(query, [("click", "first-seen-here"), ("click", known[5])], []))
+    assert scored["first-seen-here"] > 0  # the session head's repeat bonus, as for any item
+    assert recommender.metrics.registry.get_sample_value("streamrec_worker_live_items_indexed_total") == 1
+    other = served_with_learning(artifact)
+    recommender.swap(other, 0)
+    assert "first-seen-here" in other.listable
+    off = served_with_learning(artifact)
+    single_model(off, rules=Rules(learning=None), clock=lambda: NOW).process(
+        "click", *reversed(event("v", "unseen-elsewhere", 0)), source=Source("clicks", 0, 0), states={})
+    assert "unseen-elsewhere" not in off.listable  # learning off: the model as trained
