@@ -146,6 +146,10 @@ class UserEncoder:
         a query not in its cache): milliseconds of CPU that the worker spends off its event loop."""
         return self._text is not None and not self._text.is_cached(query)
 
+    def encode_texts(self, queries: list[str]) -> int:
+        """Run the text model once for the queries not in its cache (batched); returns how many it encoded."""
+        return self._text.encode_many(queries) if self._text is not None else 0
+
     def step(self, state: np.ndarray, event_type: str, item_id: str | None,
              text: np.ndarray | None = None) -> np.ndarray:
         """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step

@@ -111,6 +111,12 @@ class Settings:
     cooccurrence_history: int = 3
     neighbours_publish_interval_s: float = 1.0
 
+    # Searches are taken in micro-batches of up to search_batch_max records, waiting at most
+    # search_batch_within_ms for them, so the new queries of a batch are encoded in one forward of the text
+    # model (on the worker's one text thread); 1 = one by one.
+    search_batch_max: int = 32
+    search_batch_within_ms: float = 2.0
+
     # HNSW parameters (hnswlib): M = graph degree (memory vs recall), ef_construction = build-time beam,
     # ef = query-time beam (must be >= the number of candidates asked for). See index/hnsw.py.
     hnsw_m: int = 16
@@ -241,6 +247,9 @@ class Settings:
         _require("explanations", self.explanations, 0, 3)
         self.variant_specs()  # raises ConfigError("variants", ...)
         _require("cold_start_events", self.cold_start_events, 0, 10_000)
+        _require("search_batch_max", self.search_batch_max, 1, 1000)
+        if not 0 < self.search_batch_within_ms <= 1000:
+            raise ConfigError("search_batch_within_ms", "must be above 0 and at most 1000 milliseconds")
         if self.learning not in ("on", "off"):
             raise ConfigError("learning", f"expected on or off, got {self.learning!r}")
         _require("cooccurrence_neighbours", self.cooccurrence_neighbours, 1, 1000)

@@ -31,6 +31,10 @@ class Forward:
         """Nothing to encode: the bare agent has no model."""
         return None
 
+    def pending_texts(self, events: list[Event]) -> Callable[[], int] | None:
+        """Nothing to encode: the bare agent has no model."""
+        return None
+
     def recommend(self, event: Event, source: Source, states: MutableMapping[str, bytes],
                   trending: MutableMapping[str, bytes] | None = None) -> Outcome:
         """Never reached: :meth:`validate` answers every record."""

@@ -108,6 +108,29 @@ def stage_totals(port: int) -> dict[str, list[float]]:
     return totals
 
 
+def batch_sizes(port: int) -> dict[str, float | None]:
+    """The p50 and p99 of the worker's search micro-batches (records) and text-model batches (new queries), from
+    their histograms on its /metrics: the upper bound of the bucket each quantile falls in."""
+    from urllib.request import urlopen
+
+    buckets: dict[str, list[tuple[float, float]]] = {"search_batch_events": [], "text_batch_queries": []}
+    names = {"search_batch_events": 'streamrec_worker_input_batch_events_bucket{event_type="search",le="',
+             "text_batch_queries": 'streamrec_worker_text_batch_queries_bucket{le="'}
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            for key, prefix in names.items():
+                if line.startswith(prefix):
+                    bound, _, value = line[len(prefix):].partition('"} ')
+                    buckets[key].append((float(bound), float(value)))
+    out: dict[str, float | None] = {}
+    for key, rows in buckets.items():
+        total = rows[-1][1] if rows else 0.0
+        for q in (50, 99):
+            out[f"{key}_p{q}"] = next((bound for bound, count in rows if count >= total * q / 100), None) \
+                if total else None
+    return out
+
+
 def _stage_means_us(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
     """Mean microseconds per event of each stage between two scrapes."""
     out = {}
@@ -300,6 +323,7 @@ async def _measure(systems: dict[str, tuple[Settings, subprocess.Popen[bytes]]],
         stages = stage_totals(worker_settings.metrics_port)
         fixed = await phases["worker"].step(config.rate, config.duration_s)
         fixed["stage_mean_us"] = _stage_means_us(stages, stage_totals(worker_settings.metrics_port))
+        fixed["batches"] = batch_sizes(worker_settings.metrics_port)  # warm-up and fixed run together
         if spy is not None and config.profile is not None:
             _, err = spy.communicate()
             if spy.returncode:
@@ -376,6 +400,7 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
         "step_s": config.step_s, "ready_s": result["ready_s"],
         "worker_warmup": _compact([result["warmup"]["worker"]])[0],  # a ramp row: the warm-up before the run
         "worker_stage_mean_us": fixed["stage_mean_us"],
+        "worker_batches": fixed["batches"],
         **({"profile": fixed["profile"]} if "profile" in fixed else {}),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -108,6 +108,12 @@ class Metrics:
             ["route", "status"], buckets=LATENCY_BUCKETS, registry=registry)
         self.http_in_flight = Gauge(
             "streamrec_http_requests_in_flight", "HTTP API requests being answered now.", registry=registry)
+        self.input_batch = Histogram(
+            "streamrec_worker_input_batch_events", "Records an input agent took in one micro-batch, by type.",
+            ["event_type"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
+        self.text_batch = Histogram(
+            "streamrec_worker_text_batch_queries", "New search queries encoded in one forward of the text model.",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry)
         # Learning from the stream (stream/core/cooccurrence.py): the data path's co-views, the co-views agent's
         # table and publications, and the lists every worker applies.
         self.co_views = Counter(

@@ -137,6 +137,20 @@ class Recommender:
             return None
         return lambda: encoder.encode_text(query)
 
+    def pending_texts(self, events: list[Event]) -> Callable[[], int] | None:
+        """:meth:`pending_text` for a batch of events: one call that encodes every new query among them, batched
+        per text model (None: nothing to encode). Returns how many it encoded, for the batch-size metric."""
+        work: dict[int, tuple[UserEncoder, list[str]]] = {}
+        for event in events:
+            if event.query is None:
+                continue
+            encoder = self.arms[self.assignment.variant_of(event.user_id)].served.encoder
+            if encoder.text_pending(event.query):
+                work.setdefault(id(encoder), (encoder, []))[1].append(event.query)
+        if not work:
+            return None
+        return lambda: sum(encoder.encode_texts(queries) for encoder, queries in work.values())
+
     def process(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source,
                 states: MutableMapping[str, bytes], trending: MutableMapping[str, bytes] | None = None) -> Outcome:
         """The whole data path for one record, in-line (a new query is encoded on this thread)."""

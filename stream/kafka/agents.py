@@ -6,8 +6,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping, Sequence
+from concurrent.futures import Executor
+from typing import Any, Protocol, cast
 
 import faust
 
@@ -32,6 +33,9 @@ class Handler(Protocol):
     def pending_text(self, event: Event) -> Callable[[], object] | None:
         """Slow work ``recommend`` would do for this event that may run in a thread beforehand (or None)."""
 
+    def pending_texts(self, events: list[Event]) -> Callable[[], int] | None:
+        """The same for a batch of events, as one call that returns how many texts it encoded (or None)."""
+
     def recommend(self, event: Event, source: Source, states: MutableMapping[str, bytes],
                   trending: MutableMapping[str, bytes] | None = None) -> Outcome:
         """Answer a decoded event."""
@@ -40,12 +44,15 @@ class Handler(Protocol):
 def make_agent(event_type: EventType, recommender: Handler, states: MutableMapping[str, bytes],
                recommendations: faust.TopicT, dead_letters: faust.TopicT, metrics: Metrics,
                processed: dict[tuple[str, int], int],
-               trending: MutableMapping[str, bytes] | None = None, co_views: str | None = None) -> AgentFun:
+               trending: MutableMapping[str, bytes] | None = None, co_views: str | None = None,
+               batch: tuple[int, float] | None = None, text_thread: Executor | None = None) -> AgentFun:
     """An agent body for one input topic: raw bytes in, recommendation or dead letter out (and the item event's
     co-views to the ``co_views`` topic, with learning on).
 
     ``processed`` records the last offset handled per (topic, partition), for the lag gauge; ``trending``
-    is the table of trending counts.
+    is the table of trending counts. ``batch`` (most events, seconds to wait for them): take the records in
+    micro-batches, so the new search queries of a batch are encoded in one forward; None: one by one. New
+    queries are encoded on ``text_thread`` (the worker's one text-model thread; None: asyncio's default).
     """
 
     produce_stage = metrics.stage.labels(stage="produce")
@@ -62,24 +69,9 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
         # for the broker's ack per event (the produce stage times enqueue to ack).
         producer = stream.app.producer
         names = {False: recommendations.get_topic_name(), True: dead_letters.get_topic_name()}
-        events: AsyncIterator[faust.EventT[bytes]] = stream.events()
         loop = asyncio.get_running_loop()
-        async for event in events:
-            message = event.message
-            source = Source(message.topic, message.partition, message.offset)
-            # A search with a query the text model has not seen costs milliseconds of CPU (MiniLM): run it in
-            # a thread (numpy and torch release the GIL), so the other agents' events are not held up behind it.
-            try:
-                decoded = recommender.validate(event_type, message.value, message.key, source)
-                if isinstance(decoded, Outcome):
-                    outcome = decoded
-                else:
-                    slow = recommender.pending_text(decoded)
-                    if slow is not None:
-                        await loop.run_in_executor(None, slow)
-                    outcome = recommender.recommend(decoded, source, states, trending)
-            except Exception as error:  # anything: the record must not be lost (see Failures)
-                outcome = failures.outcome(event_type, error, message.value, message.key, source)
+
+        async def send(message: Any, outcome: Outcome) -> None:
             if isinstance(states, StateTable):  # the state written (even by a handler that raised after it)
                 await states.flush(producer, message.partition)
             if co_views is not None:  # enqueued before the offset can be committed, like the list
@@ -89,6 +81,63 @@ def make_agent(event_type: EventType, recommender: Handler, states: MutableMappi
             ack = await producer.send(names[outcome.dead_letter], outcome.key, outcome.value, None, None, None)
             asyncio.ensure_future(ack).add_done_callback(produced(started))
             processed[(message.topic, message.partition)] = message.offset
+
+        async def encode(slow: Callable[[], object]) -> None:
+            # New queries cost milliseconds of CPU (MiniLM): in a thread (numpy and torch release the GIL), so the
+            # other agents' events are not held up behind them.
+            encoded = await loop.run_in_executor(text_thread, slow)
+            metrics.text_batch.observe(encoded if isinstance(encoded, int) else 1)
+
+        if batch is None:
+            events: AsyncIterator[faust.EventT[bytes]] = stream.events()
+            async for event in events:
+                message = event.message
+                source = Source(message.topic, message.partition, message.offset)
+                try:
+                    decoded = recommender.validate(event_type, message.value, message.key, source)
+                    if isinstance(decoded, Outcome):
+                        outcome = decoded
+                    else:
+                        slow = recommender.pending_text(decoded)
+                        if slow is not None:
+                            await encode(slow)
+                        outcome = recommender.recommend(decoded, source, states, trending)
+                except Exception as error:  # anything: the record must not be lost (see Failures)
+                    outcome = failures.outcome(event_type, error, message.value, message.key, source)
+                await send(message, outcome)
+            return
+        # Micro-batches: Faust acks a batch's records after this loop's body has handed all of their lists and
+        # state records to the producer (at-least-once, as above); each record is still answered on its own.
+        # take_events is on Faust's Stream, not on the StreamT protocol it types agents with.
+        batches: AsyncIterator[Sequence[faust.EventT[bytes]]] = cast(Any, stream).take_events(*batch)
+        async for taken in batches:
+            metrics.input_batch.labels(event_type=event_type).observe(len(taken))
+            answers: list[tuple[Any, Source, Event | Outcome]] = []
+            for event in taken:
+                message = event.message
+                source = Source(message.topic, message.partition, message.offset)
+                try:
+                    answers.append((message, source, recommender.validate(event_type, message.value, message.key,
+                                                                          source)))
+                except Exception as error:
+                    answers.append((message, source, failures.outcome(event_type, error, message.value,
+                                                                      message.key, source)))
+            valid = [decoded for _, _, decoded in answers if not isinstance(decoded, Outcome)]
+            try:
+                slow = recommender.pending_texts(valid) if valid else None
+                if slow is not None:
+                    await encode(slow)
+            except Exception as error:  # each search then encodes its own query, or fails on its own
+                log.warning("encoding a batch of %d search queries failed: %s", len(valid), error)
+            for message, source, decoded in answers:
+                if isinstance(decoded, Outcome):
+                    outcome = decoded
+                else:
+                    try:
+                        outcome = recommender.recommend(decoded, source, states, trending)
+                    except Exception as error:
+                        outcome = failures.outcome(event_type, error, message.value, message.key, source)
+                await send(message, outcome)
 
     agent.__name__ = f"{event_type}_agent"
     agent.__qualname__ = agent.__name__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,9 +88,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     processed: dict[tuple[str, int], int] = {}
     co_views = settings.topic_co_views if live is not None else None
+    # One thread runs the text model for new search queries: a batch at a time, off the event loop.
+    text_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-text")
+    search_batch = (settings.search_batch_max, settings.search_batch_within_ms / 1000) \
+        if settings.search_batch_max > 1 else None
     for event_type, name in settings.input_topics.items():
         body = make_agent(event_type, recommender, states, recommendations, dead_letters, metrics, processed,
-                          trending, co_views)
+                          trending, co_views, search_batch if event_type == "search" else None, text_thread)
         app.agent(raw_topic(name), name=f"streamrec.{event_type}")(gated(body))
     cooccurrence: StateTable | None = None
     if live is not None:

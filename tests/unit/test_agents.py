@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -119,3 +119,65 @@ def test_a_failure_on_every_event_logs_one_traceback_then_a_line_a_minute(caplog
                       ("processing click record clicks-0@3 raised ValueError (2 more since the last report); "
                        "dead-lettered", False)]
     assert registry.get_sample_value("streamrec_worker_processing_errors_total", {"event_type": "click"}) == 5
+
+
+class _Batches(_Stream):
+    """Faust's stream as a batching agent reads it: lists of events (``take_events``)."""
+
+    def __init__(self, batches: list[list[_Message]]) -> None:
+        super().__init__([m for b in batches for m in b])
+        self.batches = batches
+        self.taken: list[tuple[int, float]] = []
+
+    async def take_events(self, max_: int, within: float) -> AsyncIterator[list[_Event]]:
+        self.taken.append((max_, within))
+        for batch in self.batches:
+            yield [_Event(m) for m in batch]
+
+
+class _Encodes(Forward):
+    """Decodes every record but one (on which it raises, as a bug would) into a search, 'encodes' each batch's
+    queries in one call (what Recommender.pending_texts returns) and answers each search with its own list."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def validate(self, event_type: EventType, raw: bytes | None, key: bytes | None, source: Source) -> Event | Outcome:
+        if source.offset == 1:
+            raise KeyError("trending")
+        return Event("search", (key or b"").decode(), 1.0, f"e{source.partition}-{source.offset}",
+                     query=orjson.loads(raw or b"{}")["q"])
+
+    def pending_texts(self, events: list[Event]) -> Callable[[], int] | None:
+        def encode() -> int:
+            self.calls.append([e.query or "" for e in events])
+            return len(events)
+        return encode
+
+    def recommend(self, event: Event, source: Source, states: Any, trending: Any = None) -> Outcome:
+        return Outcome(event.user_id.encode(), f"list for {event.event_id}".encode(), False)
+
+
+def test_a_batch_is_encoded_once_and_each_record_still_answered_on_its_own() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    processed: dict[tuple[str, int], int] = {}
+    handler = _Encodes()
+    agent = make_agent("search", handler, {}, cast(faust.TopicT, _Topic("recommendations")),
+                       cast(faust.TopicT, _Topic("dead-letters")), metrics, processed, batch=(32, 0.002))
+    values = [orjson.dumps({"q": f"query {n}"}) for n in range(5)]
+    stream = _Batches([[_Message("searches", 0, n, b"u1", values[n]) for n in range(3)],
+                       [_Message("searches", 1, n, b"u2", values[n]) for n in range(3, 5)]])
+    asyncio.run(agent(cast(faust.StreamT[bytes], stream)))
+
+    assert stream.taken == [(32, 0.002)]
+    # One call per batch, with its valid searches; offset 1 raised in validation and was dead-lettered.
+    assert handler.calls == [["query 0", "query 2"], ["query 3", "query 4"]]
+    sent = stream.app.producer.sent
+    assert [topic for topic, _, _ in sent] == ["recommendations", "dead-letters", "recommendations",
+                                               "recommendations", "recommendations"]
+    assert [value for topic, _, value in sent if topic == "recommendations"] == [
+        b"list for e0-0", b"list for e0-2", b"list for e1-3", b"list for e1-4"]  # in order, each its own
+    assert processed == {("searches", 0): 2, ("searches", 1): 4}
+    assert registry.get_sample_value("streamrec_worker_input_batch_events_count", {"event_type": "search"}) == 2
+    assert registry.get_sample_value("streamrec_worker_text_batch_queries_sum") == 4

@@ -97,3 +97,18 @@ def test_cache_returns_the_same_array_and_counts(encoder: TextEncoder) -> None:
     assert np.abs(first - encoder.encode(["dark comedy"])[0]).max() <= 1e-5
     encoder.encode_one("Dark Comedy")  # case is kept in the key; the uncased tokenizer folds it
     assert encoder.cache_info().misses == after.misses + 1
+
+
+def test_a_batch_of_new_queries_is_encoded_in_one_go_into_the_cache(encoder: TextEncoder) -> None:
+    encoder.cache_clear()
+    encoder.encode_one("space adventure")
+    queries = ["space adventure", "haunted house", " haunted house ", "courtroom drama", "heist with a twist"]
+    assert encoder.encode_many(queries) == 3  # the cached one and the repeat are not encoded again
+    assert all(encoder.is_cached(q) for q in queries)
+    info = encoder.cache_info()
+    for query in ("haunted house", "courtroom drama", "heist with a twist"):
+        batched = encoder.encode_one(query)  # a hit: the batch's vector
+        assert not batched.flags.writeable
+        assert np.abs(batched - encoder._encode_key(query)).max() <= 1e-5  # as the single-query forward
+    assert encoder.cache_info().hits == info.hits + 3
+    assert encoder.encode_many(["haunted house"]) == 0
