@@ -203,6 +203,34 @@ class CoOccurrence:
         table[view.source] = row.to_bytes()
         return True, published
 
+    def apply_batch(self, records: list[tuple[CoView, int, int]], table: MutableMapping[str, bytes]
+                    ) -> tuple[int, list[NeighbourList]]:
+        """Count a batch of records (view, partition, offset), in order: each row touched is read, written and
+        considered for publication once, so a hot item costs one table write and at most one list per batch.
+        Returns how many records were counted (the rest were redeliveries) and the lists to publish now."""
+        rows: dict[str, tuple[Row, int]] = {}
+        counted = 0
+        for view, partition, offset in records:
+            found = rows.get(view.source)
+            row = found[0] if found is not None else Row.from_bytes(table.get(view.source))
+            if offset <= row.offset:
+                if found is None:
+                    rows[view.source] = (row, -1)  # read once; unchanged unless a later record counts
+                continue
+            row.successors.add(view.item, view.weight, view.ts, self.config)
+            row.offset = offset
+            rows[view.source] = (row, partition)
+            counted += 1
+        lists = []
+        for item, (row, partition) in rows.items():
+            if partition < 0:
+                continue
+            published = self._publish(item, row, partition)
+            table[item] = row.to_bytes()
+            if published is not None:
+                lists.append(published)
+        return counted, lists
+
     def due(self, table: MutableMapping[str, bytes], held: Callable[[int], bool]) -> list[tuple[int, NeighbourList]]:
         """The held-back lists whose interval has passed, with their partitions (``held``: whether this worker
         still holds a partition; a revoked one's lists are its new owner's to publish)."""

@@ -138,7 +138,7 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
             print(f"    {e.type:<8} {what}")
         _print_list("recommendations", lists[user], titles)
         print()
-    _learned(newcomers, titles, settings.learning)
+    _learned(newcomers, titles, settings.learning, artifact.live.weight if artifact.live is not None else None)
     print()
     if busiest:
         await _search(settings, busiest[0], lists[busiest[0]], SEARCH_QUERY, titles)
@@ -151,12 +151,14 @@ async def _live(settings: Settings, worker: subprocess.Popen[bytes], model: Path
     return (busiest[0], lists[busiest[0]].items[0].item_id) if busiest and lists[busiest[0]].items else None
 
 
-def _learned(newcomers: Newcomers, titles: dict[str, str], learning: str) -> None:
+def _learned(newcomers: Newcomers, titles: dict[str, str], learning: str, weight: float | None) -> None:
     """The item unseen at training that reached another user's list soonest after its first event."""
     first = newcomers.first()
     if first is None:
         _say("learning", f"{learning}: {len(newcomers.first_sent)} items unseen at training had events; none reached "
                          "another user's list in this replay")
+        if weight == 0:
+            _say("", "(this model's validation slice chose no live votes: on movielens, ratings are not sessions)")
         return
     item, seconds = first
     summary = newcomers.summary()

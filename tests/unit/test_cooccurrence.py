@@ -245,3 +245,32 @@ def test_an_item_first_seen_by_this_worker_is_rankable_from_its_first_event(arti
     single_model(off, rules=Rules(learning=None), clock=lambda: NOW).process(
         "click", *reversed(event("v", "unseen-elsewhere", 0)), source=Source("clicks", 0, 0), states={})
     assert "unseen-elsewhere" not in off.listable  # learning off: the model as trained
+
+
+def test_a_batch_counts_as_its_records_one_by_one_and_writes_each_row_once() -> None:
+    config = LiveConfig(neighbours=6)
+    rng = random.Random(11)
+    records = [(CoView(f"s{rng.randrange(5)}", f"t{rng.randrange(12)}", rng.choice([1.0, 0.5, 2.0]), NOW + n), 0, n)
+               for n in range(400)]
+    one_by_one: dict[str, bytes] = {}
+    single = CoOccurrence(config, publish_interval_s=1.0, clock=Clock())
+    for view, partition, offset in records:
+        single.apply(view, partition, offset, one_by_one)
+
+    class Writes(dict[str, bytes]):
+        writes = 0
+
+        def __setitem__(self, key: str, value: bytes) -> None:
+            Writes.writes += 1
+            super().__setitem__(key, value)
+
+    batched = Writes()
+    counter = CoOccurrence(config, publish_interval_s=1.0, clock=Clock())
+    counted = sum(counter.apply_batch(records[start:start + 100], batched)[0] for start in range(0, 400, 100))
+    again, lists = counter.apply_batch(records[50:150], batched)  # a redelivered stretch changes nothing
+    assert counted == 400 and again == 0 and lists == []
+    assert Writes.writes == 4 * 5  # five rows, once a batch
+    for key, raw in one_by_one.items():
+        want, got = Row.from_bytes(raw), Row.from_bytes(batched[key])
+        assert (got.successors.items, got.offset) == (want.successors.items, want.offset)
+        assert got.successors.weights == pytest.approx(want.successors.weights, rel=1e-12)
