@@ -194,14 +194,8 @@ class CoOccurrence:
               table: MutableMapping[str, bytes]) -> tuple[bool, NeighbourList | None]:
         """Count one record: (whether it was counted, the list to publish now). A record applied before (a
         redelivery after a crash) changes nothing."""
-        row = Row.from_bytes(table.get(view.source))
-        if offset <= row.offset:
-            return False, None
-        row.successors.add(view.item, view.weight, view.ts, self.config)
-        row.offset = offset
-        published = self._publish(view.source, row, partition)
-        table[view.source] = row.to_bytes()
-        return True, published
+        counted, lists = self.apply_batch([(view, partition, offset)], table)
+        return counted == 1, lists[0] if lists else None
 
     def apply_batch(self, records: list[tuple[CoView, int, int]], table: MutableMapping[str, bytes]
                     ) -> tuple[int, list[NeighbourList]]:

@@ -129,13 +129,7 @@ class Recommender:
     def pending_text(self, event: Event) -> Callable[[], object] | None:
         """For a search whose query the user's text model has not encoded yet: the call that encodes it, for
         the agent to run in a thread while other events go on (``recommend`` then finds it cached)."""
-        query = event.query
-        if query is None:
-            return None
-        encoder = self.arms[self.assignment.variant_of(event.user_id)].served.encoder
-        if not encoder.text_pending(query):
-            return None
-        return lambda: encoder.encode_text(query)
+        return self.pending_texts([event])
 
     def pending_texts(self, events: list[Event]) -> Callable[[], int] | None:
         """:meth:`pending_text` for a batch of events: one call that encodes every new query among them, batched
