@@ -7,6 +7,8 @@ encoders/models/transformer.py), and this adapter owns the id -> row map, the qu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from encoders.artifact import ModelArtifact
@@ -19,6 +21,19 @@ from encoders.models.search_blend import NumpyBlend
 from encoders.models.session_head import NumpyRepeatHead
 from encoders.models.transformer import NumpySasrecStep, SasrecModel
 from encoders.text import TextEncoder
+
+QUERY_GATES = 4096  # searches' input gates kept (768 bytes each for a GRU of 64)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A user's candidates as the model scores them: scoring rows and their scores, and the items without a
+    scoring row (new catalog items known by their text) with a score below them all."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    unknown: list[tuple[str, float]]
+    recent: np.ndarray | None = None  # the model rows of the user's recent items (0: unknown to the model)
 
 
 class UserEncoder:
@@ -48,6 +63,7 @@ class UserEncoder:
         self._buckets = config.query_buckets
         self._max_tokens = config.max_query_tokens
         self._no_text = np.zeros(config.max_query_tokens, dtype=np.int64)
+        self._query_gates: dict[str, np.ndarray] = {}  # a search's input gates by query, least recent first
         self._text_proj: np.ndarray | None = None
         self._text: TextEncoder | None = None
         self.item_text: np.ndarray | None = None  # (n_items + 1, text_dim) the items' MiniLM vectors, row 0 zero
@@ -151,22 +167,38 @@ class UserEncoder:
         return self._text.encode_many(queries) if self._text is not None else 0
 
     def step(self, state: np.ndarray, event_type: str, item_id: str | None,
-             text: np.ndarray | None = None) -> np.ndarray:
+             text: np.ndarray | None = None, query: str | None = None) -> np.ndarray:
         """The state after one more event; ``text`` comes from :meth:`encode_text` (unknown items step
-        with the type alone)."""
+        with the type alone). ``query``: the search's query, whose input gates a recurrent model keeps."""
         row = self._rows.get(item_id, 0) if item_id is not None else 0
         if text is None and self._plain_step is not None:
             return self._plain_step(state, row, TYPE_IDS[event_type])
-        tokens = self._no_text if text is None else text[:self._max_tokens].astype(np.int64)
-        rows, types = np.array([row]), np.array([TYPE_IDS[event_type]])
-        if self._text is not None and text is not None:
-            assert isinstance(self._step, NumpyRecurrentStep)
-            vector = text[self._max_tokens:].reshape(1, -1)
-            new = self._step.step(state.reshape(1, -1), rows, types, tokens.reshape(1, -1), vector)
+        if query is not None and row == 0 and isinstance(self._step, NumpyRecurrentStep):
+            # A search's input gates depend on its query alone (no item): kept per query, as searches repeat.
+            gates = self._query_gates.pop(query, None)
+            if gates is None:
+                gates = self._step.input_gates(*self._step_inputs(event_type, 0, text))
+                if len(self._query_gates) >= QUERY_GATES:
+                    del self._query_gates[next(iter(self._query_gates))]
+            self._query_gates[query] = gates  # most recently used last
+            out_q: np.ndarray = self._step.cell_step(state.reshape(1, -1), gates)[0]
+            return out_q
+        rows, types, tokens, vector = self._step_inputs(event_type, row, text)
+        if vector is not None:
+            assert isinstance(self._step, NumpyRecurrentStep)  # the item tower's text path is recurrent
+            new = self._step.step(state.reshape(1, -1), rows, types, tokens, vector)
         else:
-            new = self._step.step(state.reshape(1, -1), rows, types, tokens.reshape(1, -1))
+            new = self._step.step(state.reshape(1, -1), rows, types, tokens)
         out: np.ndarray = new[0]
         return out
+
+    def _step_inputs(self, event_type: str, row: int, text: np.ndarray | None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """One event's step inputs as the numpy step takes them: rows, types, tokens (a batch of one) and the
+        query's MiniLM vector (None without a text path or a query)."""
+        tokens = self._no_text if text is None else text[:self._max_tokens].astype(np.int64)
+        vector = text[self._max_tokens:].reshape(1, -1) if self._text is not None and text is not None else None
+        return np.array([row]), np.array([TYPE_IDS[event_type]]), tokens.reshape(1, -1), vector
 
     def query_vector(self, state: np.ndarray) -> np.ndarray:
         """The vector searched in the item index (inner product)."""
@@ -215,23 +247,46 @@ class UserEncoder:
             scores_u = item_emb[rows_u] @ query + bonus
             bonused = dict(zip(self._ids_by_row[rows_u].tolist(), scores_u.tolist(), strict=True))
             return [(item, bonused.pop(item, score)) for item, score in candidates] + list(bonused.items())
-        known: list[int] = []
-        unknown: list[tuple[str, float]] = []
-        for item, score in candidates:
-            row = get(item, 0)
-            if row:
-                known.append(row)
-            else:
-                unknown.append((item, score))
-        rows, scores = session_scores(head, ranker, query, item_emb, recent_rows, recent_types,
-                                      np.array(known, dtype=np.int64), extra)
+        rows, scores, unknown = self._ranked_rows(head, ranker, item_emb, query, recent_rows, recent_types,
+                                                  candidates, extra)
         if limit is not None and rows.size > limit:  # turning ~1,000 rows into tuples costs more than the math
             best = np.argpartition(-scores, limit)[:limit]
             rows, scores = rows[best], scores[best]
+        return list(zip(self._ids_by_row[rows].tolist(), scores.tolist(), strict=True)) + unknown
+
+    def rescore_rows(self, query: np.ndarray, recent: list[tuple[str, str]], candidates: list[tuple[str, float]],
+                     extra: Extra | None = None) -> Scored | None:
+        """:meth:`rescore` for a model with a re-ranker, as arrays for a caller that goes on scoring by row (a
+        search's hybrid retrieval); None for any other model (:meth:`rescore`'s pairs are then the scores)."""
+        live = self._live
+        head, ranker = (live.head, live.ranker) if live is not None else (self._repeat, self._ranker)
+        if head is None or ranker is None:
+            return None
+        get, type_id = self._scoring_rows.get, TYPE_IDS.__getitem__
+        recent_rows = [get(item, 0) for _, item in recent]
+        rows, scores, unknown = self._ranked_rows(
+            head, ranker, live.vectors if live is not None else self._step.item_emb, query, recent_rows,
+            [type_id(kind) for kind, _ in recent], candidates, extra)
+        model_rows = np.array(recent_rows, dtype=np.int64)
+        model_rows[model_rows > len(self.item_ids)] = 0  # items first seen in the stream: no model row
+        return Scored(rows, scores, unknown, model_rows)
+
+    def _ranked_rows(self, head: NumpyRepeatHead, ranker: NumpyRanker, item_emb: np.ndarray, query: np.ndarray,
+                     recent_rows: list[int], recent_types: list[int], candidates: list[tuple[str, float]],
+                     extra: Extra | None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
+        """The re-ranker's scores of the candidates with a scoring row (and the recent items and neighbours the
+        session head adds), and the items without one, below them all in the index's order."""
+        get = self._scoring_rows.get
+        known = np.fromiter((get(item, 0) for item, _ in candidates), dtype=np.int64, count=len(candidates))
+        unknown: list[tuple[str, float]] = []
+        if not known.all():  # rare: the index's items without a scoring row keep their order, below the rest
+            unknown = [pair for pair, row in zip(candidates, known.tolist(), strict=True) if not row]
+            known = known[known > 0]
+        rows, scores = session_scores(head, ranker, query, item_emb, recent_rows, recent_types, known, extra)
         if unknown and scores.size:
             floor = float(scores.min()) - 1.0
             unknown = [(item, floor - n) for n, (item, _) in enumerate(unknown)]
-        return list(zip(self._ids_by_row[rows].tolist(), scores.tolist(), strict=True)) + unknown
+        return rows, scores, unknown
 
     def item_vectors(self) -> np.ndarray:
         """(n_items, dim) item embeddings in ``item_ids`` order."""

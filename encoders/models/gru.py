@@ -183,7 +183,13 @@ class NumpyRecurrentStep:
     def step(self, state: np.ndarray, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray,
              text: np.ndarray | None = None) -> np.ndarray:
         """New states (B, S) after one event each."""
-        return self.cell_step(state, self.inputs(rows, types, tokens, text) @ self.w_ih + self.b_ih)
+        return self.cell_step(state, self.input_gates(rows, types, tokens, text))
+
+    def input_gates(self, rows: np.ndarray, types: np.ndarray, tokens: np.ndarray,
+                    text: np.ndarray | None = None) -> np.ndarray:
+        """The input gates with their bias (B, G*H) of B events: what :meth:`cell_step` takes."""
+        out: np.ndarray = self.inputs(rows, types, tokens, text) @ self.w_ih + self.b_ih
+        return out
 
     def step_plain(self, state: np.ndarray, row: int, type_id: int) -> np.ndarray:
         """:meth:`step` for one user's event without text (a click or purchase), from the tabled gates:

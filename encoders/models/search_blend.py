@@ -87,11 +87,14 @@ def log_popularity(counts: np.ndarray) -> np.ndarray:
     return out
 
 
+_RECIPROCALS = 1.0 / np.arange(1, 4097)  # 1 / (1 + rank) for the ranks of most unions
+
+
 def _reciprocal_ranks(scores: np.ndarray) -> np.ndarray:
     order = np.argsort(-scores, kind="stable")
-    ranks = np.empty(scores.size)
-    ranks[order] = np.arange(scores.size)
-    out: np.ndarray = 1.0 / (1.0 + ranks)
+    out = np.empty(scores.size)
+    out[order] = _RECIPROCALS[:scores.size] if scores.size <= _RECIPROCALS.size \
+        else 1.0 / np.arange(1, scores.size + 1)
     return out
 
 
@@ -134,10 +137,32 @@ class NumpyBlend:
                recent_rows: np.ndarray | list[int], intent: float = 1.0) -> np.ndarray:
         """The blend's score of each candidate (the union of both retrievals; model ``rows``, 0 for an item the
         model does not know) given their text cosines and model scores and the user's recent item rows;
-        ``intent`` weighs the query's part (1 for the search itself, less for the events after it)."""
-        f = candidate_features(rows, text, personal, self.popularity, recent_rows)
-        f[:, TEXT_PART] *= intent
-        out: np.ndarray = f @ self.weights
+        ``intent`` weighs the query's part (1 for the search itself, less for the events after it).
+
+        ``candidate_features(...) @ weights`` with the text part times ``intent``, summed feature by feature
+        and skipping the unweighted ones: a search's union of ~300 candidates costs half as much this way."""
+        w = self.weights
+        out = np.zeros(text.size)
+        if text.size == 0:
+            return out
+        relevance = np.maximum(text, 0.0)
+        if w[0]:
+            out += w[0] * text
+        if w[1]:
+            out += w[1] * _reciprocal_ranks(text)
+        if w[4] and self.popularity is not None:
+            out += w[4] * self.popularity[rows] * relevance
+        if w[5]:
+            out += w[5] * (_recent(rows, recent_rows) * relevance)
+        if intent != 1.0:
+            out *= intent
+        if w[2]:
+            centred = personal - personal.mean()
+            spread = float(np.sqrt(centred @ centred / centred.size))
+            if spread > 1e-9:
+                out += (w[2] / spread) * centred
+        if w[3]:
+            out += w[3] * _reciprocal_ranks(personal)
         return out
 
     def intent(self, events: int, seconds: float) -> float:
@@ -152,5 +177,17 @@ def candidate_features(rows: np.ndarray, text: np.ndarray, personal: np.ndarray,
     """:func:`features` of candidate model ``rows`` (0: unknown to the model) from the popularity by row and
     the user's recent item rows."""
     pop = popularity[rows] if popularity is not None else np.zeros(rows.size)
-    recent = np.isin(rows, np.asarray(recent_rows, dtype=np.int64)) & (rows != 0)
-    return features(text, personal, pop, recent.astype(np.float64))
+    return features(text, personal, pop, _recent(rows, recent_rows))
+
+
+def _recent(rows: np.ndarray, recent_rows: np.ndarray | list[int]) -> np.ndarray:
+    """1.0 where a candidate row (0: unknown to the model, never recent) is among the user's recent rows."""
+    recent = np.asarray(recent_rows, dtype=np.int64)
+    if recent.size == 0 or rows.size == 0:
+        return np.zeros(rows.size)
+    # A mask over the rows up to the largest: cheaper than np.isin's sort for a few hundred candidates.
+    mask = np.zeros(int(max(rows.max(), recent.max())) + 1, dtype=np.float64)
+    mask[recent] = 1.0
+    mask[0] = 0.0
+    out: np.ndarray = mask[rows]
+    return out

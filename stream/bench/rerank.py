@@ -3,8 +3,9 @@
 Replays a dataset's latest events through the data path (real artifact, HNSW index, an in-memory state
 table per configuration, the configurations taking turns event by event) and prints one JSON line per
 configuration: the median and mean CPU time of the data path per event (and the median per event type, with
-the search/click ratio; search queries are encoded before the replay, so MiniLM is not in them), and the
-share spent explaining and re-ranking (from the pipeline's own stage timings, wall clock).
+the search/click ratio; search queries are encoded before the replay, so MiniLM is not in them, and their
+text pools are kept, ``text_pools: kept``, but for one row that drops them before every search, ``cold``), and
+the share spent explaining and re-ranking (from the pipeline's own stage timings, wall clock).
 
 The last two lines compare learning off and on (settings' explanations, no diversity), each with its own
 served model. With learning on, each event's co-views are counted into a live table (as the co-views agent
@@ -23,12 +24,15 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from encoders.models.inputs import has_words
 from stream.config import Settings
 from stream.core.catalog import Catalog
 from stream.core.cooccurrence import CoOccurrence
+from stream.core.indexed_model import IndexedModel
 from stream.core.metrics import Metrics
 from stream.core.pipeline import Arm, Outcome, Recommender
 from stream.core.schemas import Source
+from stream.core.text_pools import TextPools
 from stream.core.trending import Trending
 from stream.core.variants import DEFAULT, Assignment
 from stream.kafka.loading import load_indexed_model, rules_for
@@ -40,43 +44,63 @@ WARM_EVENTS = 10_000  # events before the timed ones that warm the learning rows
 
 
 def bench_rerank(settings: Settings, model: Path, dataset: str, events: int) -> list[dict[str, Any]]:
-    """One row per (explanations, diversity) configuration. The configurations take turns event by event
-    (each with its own state table and metrics), so a shared machine's drift hits them alike."""
+    """One row per (explanations, diversity) configuration, with the search queries' MiniLM vectors, input
+    gates and text pools kept from the start, and one more (the settings' explanations, no diversity) that
+    finds no text pool kept: each of its searches queries the text index, as a new query does. The
+    configurations take turns event by event (each with its own state table and metrics; one served model),
+    so a shared machine's drift hits them alike."""
     rules = rules_for(settings)
     served = load_indexed_model(model, settings, Catalog(), rules.filters)
     stream = load_events(dataset, settings.data_dir)[-events:]
-    runs: list[tuple[int, float, CollectorRegistry, Recommender, dict[str, bytes], list[float]]] = []
-    for names, diversity in CONFIGS:
+    runs: list[tuple[dict[str, Any], CollectorRegistry, Recommender, dict[str, bytes], list[float]]] = []
+    for names, diversity, pools in (*((n, d, "kept") for n, d in CONFIGS), (rules.explanations, 0.0, "cold")):
         registry = CollectorRegistry()
         recommender = Recommender([Arm(DEFAULT, served, replace(rules, explanations=names, diversity=diversity))],
                                   Assignment.everyone(), Catalog(), Trending(3600.0),
                                   Metrics(registry))
-        runs.append((names, diversity, registry, recommender, {}, []))
+        runs.append(({"explanations": names, "diversity": diversity, "text_pools": pools}, registry, recommender,
+                     {}, []))
     for query in {e.query for e in stream if e.query is not None}:  # cached queries: MiniLM is a bench of its own
-        served.encoder.encode_text(query)
+        _keep_query(served, query)
+    kept = served.text_pools
     types = [event.type for event in stream]
     for n, event in enumerate(stream):
         raw = to_wire(event, time.time()).to_json()
         source = Source(settings.input_topics[event.type], 0, n)
-        for _, _, _, recommender, states, seconds in runs:
+        for config, _, recommender, states, seconds in runs:
+            served.text_pools = kept if config["text_pools"] == "kept" else TextPools()
             started = time.process_time()
             recommender.process(event.type, raw, event.user_id.encode(), source, states)
             seconds.append(time.process_time() - started)
+    served.text_pools = kept
     rows = []
-    for names, diversity, registry, _, _, seconds in runs:
+    for config, registry, _, _, seconds in runs:
         total = float(np.sum(seconds))
         explain_s, rerank_s = (_stage_seconds(registry, name) for name in ("explain", "rerank"))
         by_type = {kind: round(float(np.median([s for s, t in zip(seconds, types, strict=True) if t == kind])) * 1e6, 1)
                    for kind in sorted(set(types))}
-        rows.append({"explanations": names, "diversity": diversity, "events": len(stream),
-                     "cpu_us_per_event_p50": round(float(np.median(seconds)) * 1e6, 1),
-                     "cpu_us_per_event_mean": round(total / len(stream) * 1e6, 1),
-                     "cpu_us_p50_by_type": by_type,
-                     "search_vs_click_p50": round(by_type["search"] / by_type["click"], 2)
-                     if "search" in by_type and "click" in by_type else None,
-                     "explain_share": round(explain_s / total, 4), "rerank_share": round(rerank_s / total, 4),
-                     "model": served.version, "hybrid_search": served.text_index is not None})
+        rows.append(config | {
+            "events": len(stream),
+            "cpu_us_per_event_p50": round(float(np.median(seconds)) * 1e6, 1),
+            "cpu_us_per_event_mean": round(total / len(stream) * 1e6, 1),
+            "cpu_us_p50_by_type": by_type,
+            "search_vs_click_p50": round(by_type["search"] / by_type["click"], 2)
+            if "search" in by_type and "click" in by_type else None,
+            "explain_share": round(explain_s / total, 4), "rerank_share": round(rerank_s / total, 4),
+            "model": served.version, "hybrid_search": served.text_index is not None})
     return rows
+
+
+def _keep_query(served: IndexedModel, query: str) -> None:
+    """Encode a search query into the model's cache and keep its input gates and text pool, as a worker has
+    for a query it has answered before."""
+    encoder, blend = served.encoder, served.encoder.blend
+    text = encoder.encode_text(query)
+    encoder.step(encoder.initial_state(), "search", None, text, query)
+    if served.text_index is not None and blend is not None and has_words(query):
+        vector = encoder.query_text(text)
+        if vector is not None:
+            served.text_pool(vector, blend.pool, query)
 
 
 def _stage_seconds(registry: CollectorRegistry, stage: str) -> float:
@@ -99,8 +123,8 @@ def bench_learning_cost(settings: Settings, model: Path, dataset: str, events: i
                                   Assignment.everyone(), Catalog(), Trending(3600.0), Metrics(CollectorRegistry()))
         runs.append((mode, recommender, {}, [], []))
     for query in {e.query for e in stream if e.query is not None}:
-        runs[0][1].served.encoder.encode_text(query)
-        runs[1][1].served.encoder.encode_text(query)
+        for _, recommender, _, _, _ in runs:
+            _keep_query(recommender.served, query)
     offset = 0
     for n, event in enumerate(stream):
         raw = to_wire(event, time.time()).to_json()

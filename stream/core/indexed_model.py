@@ -23,6 +23,7 @@ from stream.core.catalog import Catalog
 from stream.core.cooccurrence import CoView
 from stream.core.live_lists import LiveList, LiveLists
 from stream.core.rerank import Filters
+from stream.core.text_pools import TextPool, TextPools
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class IndexedModel:
     # Those without a vector yet: listed by the votes alone, so not in the index (an insert costs more than
     # the event that brought the item, and a zero vector is never found by a search).
     votable: set[str] = field(default_factory=set)
+    # The recent search queries' best items by text (stream/core/text_pools.py), dropped when the text index
+    # changes.
+    text_pools: TextPools = field(default_factory=TextPools)
 
     def __post_init__(self) -> None:
         self._rows = {item: n for n, item in enumerate(self.encoder.item_ids)}
@@ -174,6 +178,27 @@ class IndexedModel:
                     out[n] = cached[2]
         return out
 
+    def text_pool(self, query_text: np.ndarray, size: int, query: str | None) -> TextPool:
+        """The best ``size`` items by text for a search's query (its MiniLM vector ``query_text``), kept per
+        ``query`` until the text index changes."""
+        assert self.text_index is not None
+
+        def build() -> TextPool:
+            # No exclusions here: the list's filter drops them, and a long purchase history would make the text
+            # index over-fetch (as offline, the pool is the query's best items, whoever bought them).
+            found = self.text_index.search(query_text, size)  # type: ignore[union-attr]
+            ids = [item for item, _ in found]
+            # The index's inner products are the cosines: the query's and the items' text vectors are unit length.
+            text = np.fromiter((score for _, score in found), dtype=np.float64, count=len(found))
+            return TextPool(ids, self.encoder.rows_of(ids), text)
+
+        return self.text_pools.get(query, size, build)
+
+    def model_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(n, dim) the model's vectors of these model rows (each > 0), as the index holds them."""
+        out: np.ndarray = self._padded[rows - 1]
+        return out
+
     def unit_vectors_of(self, item_ids: list[str]) -> np.ndarray:
         """:meth:`vectors_of` scaled to unit length (cosine similarities are then inner products)."""
         return self.vectors_of(item_ids, unit=True)
@@ -240,10 +265,12 @@ class IndexedModel:
             self.votable.difference_update(remove)
             if self.text_index is not None:
                 self.text_index.remove(remove)
+                self.text_pools.clear()
         if add_ids:
             self.index.add(add_ids, np.stack(add_vectors))
         if text_ids and self.text_index is not None:
             self.text_index.add(text_ids, np.stack(text_add))
+            self.text_pools.clear()
         return len(add_ids)
 
 

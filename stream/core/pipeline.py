@@ -185,7 +185,7 @@ class Recommender:
                     views = co_views(state.recent, event.item_id, event.type, event.ts, rules.learning)
                     if not encoder.knows(event.item_id):  # rankable from its first event on, for every user
                         self._see_live(event.item_id)
-            state.vector = encoder.step(state.vector, event.type, event.item_id, text)
+            state.vector = encoder.step(state.vector, event.type, event.item_id, text, event.query)
             state.remember(event.type, event.item_id, event.event_id, event.ts, rules.history_size,
                            rules.max_purchased, position, source.offset)
         t3 = time.perf_counter()
@@ -281,12 +281,14 @@ class Recommender:
         # the excluded): with a long purchase history, excluding here would make the index over-fetch 4x.
         candidates = served.index.search(query, depth, exclude=() if shaping is not None else excluded)
         # (enough for the list after the filters drop excluded items and items gone from the index)
-        candidates = encoder.rescore(query, state.recent, candidates,
-                                     limit=depth + len(excluded) + rules.history_size,
-                                     extra=served.live_votes(state.recent, pending))
-        if shaping is not None and searched is not None:
-            candidates = hybrid(served, shaping, query, searched, weight, candidates, state,
-                                limit=pool + len(excluded) + rules.history_size)
+        votes = served.live_votes(state.recent, pending)
+        scored = encoder.rescore_rows(query, state.recent, candidates, votes) if shaping is not None else None
+        if scored is None:
+            candidates = encoder.rescore(query, state.recent, candidates,
+                                         limit=depth + len(excluded) + rules.history_size, extra=votes)
+        if shaping is not None and searched is not None:  # the model's scores stay rows for the search blend
+            candidates = hybrid(served, shaping, query, searched, weight, scored or candidates, state,
+                                limit=pool + len(excluded) + rules.history_size, named=named)
         searchable: Container[str] = served.listable
         if members is not None:
             # A category's items may all lie beyond the search's depth: its indexed items join, scored by the

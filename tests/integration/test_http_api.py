@@ -9,6 +9,7 @@ import random
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from stream.local.processes import start_worker, stop_worker
 from tests.streaming import click, collect, send, wait_for_workers
 
 TOKEN = "test-token-0123456789abcdef"
+READY_AFTER_METRICS_S = 120.0
 Worker = tuple[subprocess.Popen[bytes], Settings]
 
 
@@ -40,11 +42,21 @@ def start(settings: Settings, name: str) -> Worker:
 def wait_ready(workers: list[Worker], settings: Settings) -> None:
     wait_for_workers([(proc, own.metrics_port, own.home / "worker.log") for proc, own in workers],
                      settings.partitions * len(settings.input_topics))
-    for _, own in workers:  # the metrics say ready; the API must agree (after the same rebalance)
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{base(own)}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "readyz not 200 though the worker's metrics say ready"
+    for _, own in workers:  # the metrics say ready; the API must agree once the table's recovery is done
+        # The metrics count partitions as soon as they are assigned; /readyz waits for Faust's recovery too,
+        # which a loaded 2-core machine has been seen to take well over 30 s over.
+        deadline = time.monotonic() + READY_AFTER_METRICS_S
+        while (ready := httpx.get(f"{base(own)}/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, \
+                f"readyz {ready.status_code} {ready.text} {READY_AFTER_METRICS_S:.0f} s after the worker's " \
+                f"metrics said ready; its recovery:\n{recovery_lines(own.home / 'worker.log')}"
             time.sleep(0.1)
+
+
+def recovery_lines(log: Path) -> str:
+    """The worker log's lines about rebalances and recovery (what a stalled readiness needs explaining by)."""
+    words = ("Recover", "recover", "rebalanc", "Rebalanc", "WARN", "ERROR", "assign", "revok")
+    return "\n".join(line for line in log.read_text().splitlines() if any(w in line for w in words))[-6000:]
 
 
 def stop(workers: list[Worker]) -> None:

@@ -7,7 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.models.search_blend import FEATURES, FILE, NumpyBlend, SearchBlend, features, log_popularity, union
+from encoders.models.search_blend import (
+    FEATURES,
+    FILE,
+    TEXT_PART,
+    NumpyBlend,
+    SearchBlend,
+    candidate_features,
+    features,
+    log_popularity,
+    union,
+)
 from encoders.training.search_fit import fit_weights
 from stream.errors import ArtifactError, TrainingError
 
@@ -77,3 +87,20 @@ def test_the_fit_learns_the_feature_that_finds_the_target() -> None:
     assert hits / 200 > 0.9
     with pytest.raises(TrainingError):
         fit_weights([(np.zeros((3, len(FEATURES))), -1)], seed=1)
+
+
+def test_the_scorer_is_the_features_times_the_weights_with_the_text_part_weighed_by_intent() -> None:
+    rng = np.random.default_rng(2)
+    for case in range(20):
+        weights = tuple(float(w) if case % 3 else 0.0 if n % 2 else float(w)
+                        for n, w in enumerate(rng.standard_normal(len(FEATURES))))
+        blend = NumpyBlend(SearchBlend(pool=5, weights=weights, popularity=tuple(rng.random(31))))
+        size = int(rng.integers(0, 25))
+        rows = rng.integers(0, 31, size=size)
+        text, personal = rng.uniform(-0.3, 1.0, size=size), rng.standard_normal(size) * 4
+        personal[: size // 5] = 1.5  # ties, and all equal when size < 5
+        recent = rng.choice(31, size=int(rng.integers(0, 6)), replace=False).tolist()
+        intent = (1.0, 0.4)[case % 2]
+        f = candidate_features(rows, text, personal, blend.popularity, recent)
+        f[:, TEXT_PART] *= intent
+        assert np.allclose(blend.scores(rows, text, personal, recent, intent), f @ blend.weights, atol=1e-9)
