@@ -46,6 +46,8 @@ MAX_BACKLOG_S = 0.5  # a step passes when the consumer ends it less than this mu
 MIN_SEND_SHARE = 0.95  # below this share of the asked rate the sender, not the consumer, was the limit
 DRAIN_S = 15.0  # longest wait for the outputs of a step, for its latency figures
 DRAIN_BEFORE_S = 90.0  # longest wait for an earlier step's backlog before a step starts
+DRAIN_AFTER_FIXED_S = 600.0  # longest wait for the fixed run's backlog before the ramp
+IDLE_CORES = 0.2  # a process under test using less than this with no input has worked off its backlog
 DEFAULT_RAMP = (250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0)
 
 
@@ -244,6 +246,16 @@ class Phase:
             await asyncio.sleep(0.05)
         return True
 
+    async def settle(self, deadline: float) -> bool:
+        """Wait until the process under test is near idle (under ``IDLE_CORES`` over a second) with no input;
+        False when ``deadline`` (a ``time.time()``) came first."""
+        while time.time() < deadline:
+            before = cpu_seconds(self.pid)
+            await asyncio.sleep(1.0)
+            if cpu_seconds(self.pid) - before < IDLE_CORES:
+                return True
+        return False
+
     async def step(self, rate: float, seconds: float) -> dict[str, Any]:
         """Send at ``rate`` for ``seconds``, wait for the outputs, and summarise the step.
 
@@ -329,6 +341,13 @@ async def _measure(systems: dict[str, tuple[Settings, subprocess.Popen[bytes]]],
             if spy.returncode:
                 raise ProcessError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
             fixed["profile"] = top_frames(config.profile)
+        # A fixed rate the worker could not keep up with leaves a backlog: the ramp starts once it is worked
+        # off (the lists, then what the worker does after them: counting the co-views, applying the neighbour
+        # lists), or its first step would pay for the fixed run's events, not its own.
+        started = time.time()
+        drained = await phases["worker"].drain(DRAIN_AFTER_FIXED_S) \
+            and await phases["worker"].settle(started + DRAIN_AFTER_FIXED_S)
+        fixed["drain_after_s"] = round(time.time() - started, 1) if drained else None
         ramp = await _ramp(phases, config.ramp, config.step_s)
     return {"ready_s": ready, "warmup": warmup, "fixed": fixed, **ramp}
 
@@ -401,6 +420,7 @@ def run_bench(settings: Settings, config: BenchConfig, own_broker: bool) -> dict
         "worker_warmup": _compact([result["warmup"]["worker"]])[0],  # a ramp row: the warm-up before the run
         "worker_stage_mean_us": fixed["stage_mean_us"],
         "worker_batches": fixed["batches"],
+        "worker_drain_after_fixed_s": fixed["drain_after_s"],
         **({"profile": fixed["profile"]} if "profile" in fixed else {}),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
